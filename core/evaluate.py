@@ -1,0 +1,136 @@
+"""Frozen-encoder evaluation (CLAR 3.2): features once, evaluation head on cached features.
+
+The encoder is frozen and its features for the labelled training split and the test (and
+validation) splits are computed ONCE per evaluation; the evaluation head then trains for
+many epochs on those cached feature tensors, which costs a fraction of one training epoch.
+The head always sees ALL training labels, also when the encoder was trained on a label
+fraction, as in the paper.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+
+@dataclass
+class EvaluationResult:
+    """Metrics of one evaluation; ``confusion[i, j]`` counts true class i predicted as j."""
+
+    top1: float
+    macro_f1: float
+    per_class_f1: list[float]
+    confusion: np.ndarray
+    class_names: list[str]
+    split: str = "test"
+    extra: dict[str, float] = field(default_factory=dict)
+
+    def metrics(self, prefix: str | None = None) -> dict[str, float]:
+        """Flat scalar metrics for reporting (``test_top1``, ``test_macro_f1``, ...)."""
+        prefix = f"{prefix or self.split}_"
+        flat = {f"{prefix}top1": self.top1, f"{prefix}macro_f1": self.macro_f1}
+        flat.update({f"{prefix}{key}": value for key, value in self.extra.items()})
+        return flat
+
+    def per_class_report(self) -> str:
+        """A plain-text table of per-class F1, support and recall."""
+        support = self.confusion.sum(axis=1)
+        recall = np.divide(
+            np.diag(self.confusion), support, out=np.zeros(len(support)), where=support > 0
+        )
+        width = max(len(name) for name in self.class_names)
+        lines = [f"{'class':<{width}}  {'f1':>6}  {'recall':>6}  {'support':>7}"]
+        for name, f1, rec, count in zip(
+            self.class_names, self.per_class_f1, recall, support, strict=True
+        ):
+            lines.append(f"{name:<{width}}  {f1:6.3f}  {rec:6.3f}  {int(count):7d}")
+        lines.append(f"{'top-1':<{width}}  {self.top1:6.3f}")
+        lines.append(f"{'macro F1':<{width}}  {self.macro_f1:6.3f}")
+        return "\n".join(lines)
+
+
+def confusion_matrix(targets: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
+    """Counts of (true, predicted) pairs, vectorised with bincount."""
+    flat = targets.astype(np.int64) * num_classes + predictions.astype(np.int64)
+    return np.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def scores_from_confusion(
+    confusion: np.ndarray, class_names: list[str], split: str = "test"
+) -> EvaluationResult:
+    """Top-1, per-class F1 and macro F1 (mean over classes present in truth or prediction)."""
+    true_positive = np.diag(confusion).astype(np.float64)
+    predicted = confusion.sum(axis=0).astype(np.float64)
+    actual = confusion.sum(axis=1).astype(np.float64)
+    denominator = predicted + actual
+    per_class_f1 = np.divide(
+        2 * true_positive, denominator, out=np.zeros_like(true_positive), where=denominator > 0
+    )
+    present = denominator > 0
+    macro_f1 = float(per_class_f1[present].mean()) if present.any() else 0.0
+    total = confusion.sum()
+    top1 = float(true_positive.sum() / total) if total else 0.0
+    return EvaluationResult(
+        top1=top1,
+        macro_f1=macro_f1,
+        per_class_f1=[float(v) for v in per_class_f1],
+        confusion=confusion,
+        class_names=list(class_names),
+        split=split,
+    )
+
+
+@torch.no_grad()
+def extract_features(
+    embed: Callable[[torch.Tensor], torch.Tensor],
+    load_batch: Callable[[np.ndarray], torch.Tensor],
+    indices: np.ndarray,
+    batch_size: int,
+    device: torch.device,
+) -> torch.Tensor:
+    """Encoder features for ``indices``, batch by batch, kept on ``device``."""
+    chunks = []
+    for start in range(0, len(indices), batch_size):
+        batch = load_batch(indices[start : start + batch_size]).to(device, non_blocking=True)
+        chunks.append(embed(batch).float())
+    if not chunks:
+        return torch.empty(0, device=device)
+    return torch.cat(chunks)
+
+
+def train_eval_head(
+    head: nn.Module,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+) -> nn.Module:
+    """Train the evaluation head on cached features with Adam (features are standardised)."""
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    optimizer = torch.optim.Adam(head.parameters(), lr=lr)
+    loss_fn = nn.CrossEntropyLoss()
+    head.train()
+    count = features.shape[0]
+    for _ in range(epochs):
+        order = torch.randperm(count, generator=generator).to(features.device)
+        for start in range(0, count, batch_size):
+            picked = order[start : start + batch_size]
+            loss = loss_fn(head(features[picked]), labels[picked])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    head.eval()
+    return head
+
+
+@torch.no_grad()
+def predict(head: nn.Module, features: torch.Tensor, batch_size: int = 1024) -> np.ndarray:
+    """Arg-max class of each feature row."""
+    outputs = [head(features[s : s + batch_size]).argmax(dim=1) for s in range(0, len(features), batch_size)]
+    return torch.cat(outputs).cpu().numpy() if outputs else np.zeros(0, dtype=np.int64)
