@@ -1,0 +1,128 @@
+"""What every dataset module provides: a spec (name, folder, clip length, downloads) and a
+scanner that reads the dataset's official on-disk layout into a :class:`Listing`.
+
+Keeping the scan separate from decoding lets the cache decide, from the listing alone
+(paths, sizes, mtimes, labels), whether an existing cache is still valid, without decoding
+a single file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+
+class DatasetError(ValueError):
+    """A dataset is missing, malformed or misconfigured; the message says how to fix it."""
+
+
+class DatasetNotFoundError(DatasetError, FileNotFoundError):
+    """The dataset folder is absent (and was not, or could not be, downloaded)."""
+
+
+@dataclass(frozen=True)
+class Resource:
+    """One archive of a dataset's official distribution.
+
+    ``strip`` is the archive's top-level folder to drop on extraction (``None`` keeps the
+    archive's own layout); checksums are optional because some upstreams publish none or
+    serve moving targets (a branch archive), in which case the size announced by the
+    server is still checked.
+    """
+
+    url: str
+    filename: str
+    sha256: str | None = None
+    md5: str | None = None
+    size: int | None = None
+    strip: str | None = None
+
+
+@dataclass
+class Listing:
+    """The clips of a dataset as found on disk, before any decoding.
+
+    ``split`` holds official split names ("train"/"validation"/"test") for datasets that
+    have them; ``fold`` holds 1-based fold numbers for fold-based datasets.
+    ``metadata_files`` are the CSV/JSON/list files whose content defines labels and
+    splits: they are hashed by content into the cache key.
+    """
+
+    files: list[Path]
+    labels: np.ndarray
+    class_names: list[str]
+    split: np.ndarray | None = None
+    fold: np.ndarray | None = None
+    metadata_files: list[Path] = field(default_factory=list)
+    excluded: list[tuple[str, str]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        count = len(self.files)
+        self.labels = np.asarray(self.labels, dtype=np.int64)
+        for name in ("labels", "split", "fold"):
+            array = getattr(self, name)
+            if array is not None and len(array) != count:
+                raise DatasetError(f"listing has {count} files but {len(array)} {name}")
+
+    def subset(self, keep: np.ndarray) -> Listing:
+        """The listing restricted to the clips at positions ``keep`` (in that order)."""
+        return Listing(
+            files=[self.files[i] for i in keep],
+            labels=self.labels[keep],
+            class_names=self.class_names,
+            split=None if self.split is None else self.split[keep],
+            fold=None if self.fold is None else self.fold[keep],
+            metadata_files=self.metadata_files,
+            excluded=self.excluded,
+        )
+
+
+Scanner = Callable[[Path, str | None], Listing]
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A registry entry: everything the data layer needs to know about one dataset.
+
+    ``folder`` is the dataset's folder under ``$CLARLAB_DATA``; several specs may share
+    one (``esc10`` reads the ``esc50`` folder). ``label_fields`` lists valid
+    ``data.label_field`` values, the first being the default. ``num_folds`` is set for
+    fold-based datasets.
+    """
+
+    name: str
+    folder: str
+    version: str
+    clip_seconds: float
+    scan: Scanner
+    description: str
+    homepage: str
+    resources: Sequence[Resource] = ()
+    label_fields: tuple[str, ...] = ("label",)
+    num_folds: int | None = None
+    marker: str = ""  # a path under the folder that exists once the dataset is in place
+
+    def label_field(self, requested: str | None) -> str:
+        """Resolve ``data.label_field``; an unknown one is an error listing the valid ones."""
+        if requested is None:
+            return self.label_fields[0]
+        if requested not in self.label_fields:
+            raise DatasetError(
+                f"data.label_field={requested!r} is not valid for dataset {self.name!r}; "
+                f"valid: {', '.join(self.label_fields)}"
+            )
+        return requested
+
+
+def require_file(path: Path, dataset: str, what: str) -> Path:
+    """Fail with a message naming the missing official file and the dataset it belongs to."""
+    if not path.is_file():
+        raise DatasetError(
+            f"{dataset}: {what} not found at {path}; the folder does not have the official "
+            f"layout (re-extract the official archive there, or set data.download=true on an "
+            f"empty folder)"
+        )
+    return path
