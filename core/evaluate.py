@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -132,5 +133,70 @@ def train_eval_head(
 @torch.no_grad()
 def predict(head: nn.Module, features: torch.Tensor, batch_size: int = 1024) -> np.ndarray:
     """Arg-max class of each feature row."""
-    outputs = [head(features[s : s + batch_size]).argmax(dim=1) for s in range(0, len(features), batch_size)]
+    outputs = [
+        head(features[s : s + batch_size]).argmax(dim=1)
+        for s in range(0, len(features), batch_size)
+    ]
     return torch.cat(outputs).cpu().numpy() if outputs else np.zeros(0, dtype=np.int64)
+
+
+def evaluate_encoder(
+    encoder: nn.Module,
+    frontend: nn.Module,
+    cache: Any,
+    split: Any,
+    cfg: Any,
+    device: torch.device,
+) -> dict[str, EvaluationResult]:
+    """Freeze ``encoder``, cache features of the train/val/test splits once, train the
+    evaluation head on ALL training labels and score each held-out split.
+
+    ``cache`` is a :class:`core.data.cache.AudioCache`, ``split`` a
+    :class:`core.data.splits.Split` and ``cfg`` an :class:`core.config.ExperimentConfig`.
+    """
+    from core.models.heads import EvaluationHead
+
+    was_training = encoder.training
+    encoder.eval()
+    batch_size = cfg.train.eval_batch_size
+
+    def embed(waves: torch.Tensor) -> torch.Tensor:
+        return encoder(frontend(waves))
+
+    def features_of(indices: np.ndarray) -> torch.Tensor:
+        return extract_features(embed, cache.batch, np.sort(indices), batch_size, device)
+
+    try:
+        train_features = features_of(split.train)
+        held_out = {"test": split.test}
+        if len(split.val):
+            held_out["val"] = split.val
+        held_out_features = {name: features_of(idx) for name, idx in held_out.items()}
+    finally:
+        encoder.train(was_training)
+
+    # Standardise with training statistics: the head then trains well at one learning rate
+    # whatever the encoder's feature scale.
+    mean = train_features.mean(dim=0, keepdim=True)
+    std = train_features.std(dim=0, keepdim=True).clamp_min(1e-6)
+    train_labels = torch.from_numpy(cache.labels[np.sort(split.train)]).to(device)
+    num_classes = len(cache.class_names)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(cfg.train.seed)
+        head = EvaluationHead(train_features.shape[1], cfg.model.eval_hidden_dim, num_classes)
+        head = train_eval_head(
+            head.to(device),
+            (train_features - mean) / std,
+            train_labels,
+            epochs=cfg.train.eval_epochs,
+            lr=cfg.train.eval_lr,
+            batch_size=batch_size,
+            seed=cfg.train.seed,
+        )
+    results = {}
+    for name, features in held_out_features.items():
+        predictions = predict(head, (features - mean) / std)
+        targets = cache.labels[np.sort(held_out[name])]
+        confusion = confusion_matrix(targets, predictions, num_classes)
+        results[name] = scores_from_confusion(confusion, cache.class_names, split=name)
+    return results
