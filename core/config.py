@@ -227,7 +227,15 @@ class TrackingConfig(_Section):
     parent_run_id: str | None = None
     ablation: str = "adhoc"
     trial_id: str | None = None
-    results_dir: Path = Path("results")
+    run_name: str | None = None  # None: built from method/encoder/front end/augmentations
+    # Made absolute when the config is validated (at the edge, in the user's folder): Ray
+    # changes the working directory of trials, so a relative path would land elsewhere.
+    results_dir: Path = Field(Path("results"), validate_default=True)
+
+    @field_validator("results_dir")
+    @classmethod
+    def _absolute_results_dir(cls, value: Path) -> Path:
+        return value.expanduser().absolute()
 
 
 class ExperimentConfig(_Section):
@@ -253,6 +261,11 @@ class ExperimentConfig(_Section):
             raise ValueError(
                 f"frontend.name='raw1d' feeds raw audio but model.encoder="
                 f"{self.model.encoder!r} is 2D; use model.encoder='resnet18_1d'"
+            )
+        if self.augment.spec_pipeline and not self.frontend.is_2d:
+            raise ValueError(
+                f"augment.spec_pipeline={self.augment.spec_pipeline} works on spectrograms but "
+                f"frontend.name='raw1d' has none; clear augment.spec_pipeline or use a 2D front end"
             )
         if self.train.batch_size % self.train.num_workers:
             raise ValueError(
