@@ -1,0 +1,454 @@
+"""Decode a dataset once into a memory-mapped array that every trial on a node shares.
+
+Decoding, resampling and padding thousands of files costs far more than a training step
+on a small batch, and every trial of a sweep would repeat it. The cache does it once:
+``audio.npy`` holds one fixed-length clip per row (int16, float16 or float32), next to
+``labels.npy``, ``split.npy``/``fold.npy``, ``files.txt`` and ``manifest.json``. Trials open
+the array with ``np.load(mmap_mode="r")``, so the operating system's page cache holds a
+single copy for all processes on the node.
+
+The cache folder name carries a key hashed from everything that changes the array (the
+dataset, every input file's path, size and mtime, the metadata files' content, the rate,
+length, crop, dtype, label field and subsample), so changing any of them builds a new
+cache and an unchanged set of inputs reopens the old one without decoding anything. A
+build writes into a temporary folder and renames it into place, under a file lock, so
+concurrent trials never see a half-written cache and never build the same one twice.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import time
+import warnings
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from core.audio import AudioDecodeError, load_clip
+from core.data import cache_home, dataset_root, get_spec
+from core.data.base import DatasetError, DatasetSpec, Listing
+
+if TYPE_CHECKING:
+    from core.config import DataConfig
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+_INT16_SCALE = 32767.0
+_STORAGE_SCALE = {"int16": _INT16_SCALE, "float16": 1.0, "float32": 1.0}
+_CHUNK = 32  # files per worker task: amortises scheduling, keeps the progress bar live
+
+
+class ExcludedFilesWarning(UserWarning):
+    """Some files could not be decoded and were left out of the cache."""
+
+
+@dataclass(frozen=True)
+class CacheRequest:
+    """Everything that determines the cached array, resolved from a ``DataConfig``."""
+
+    spec: DatasetSpec
+    root: Path
+    label_field: str
+    sample_rate: int
+    clip_seconds: float
+    clip_samples: int
+    crop: str
+    dtype: str
+    max_clips: int | None
+    strict: bool
+
+
+class AudioCache:
+    """A built cache, opened memory-mapped.
+
+    ``audio`` is the raw storage ``(N, clip_samples)`` array; :meth:`batch` returns float32
+    in [-1, 1] whatever the storage dtype. ``split`` is a str array of official split
+    names, or ``None`` for fold-based datasets; ``fold`` is the 1-based fold per clip, or
+    ``None``.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        manifest_file = self.path / MANIFEST
+        if not manifest_file.is_file():
+            raise DatasetError(f"{self.path} is not a clarlab audio cache (no {MANIFEST})")
+        self.manifest: dict[str, Any] = json.loads(manifest_file.read_text())
+        if self.manifest.get("format") != FORMAT_VERSION:
+            raise DatasetError(
+                f"{self.path}: cache format {self.manifest.get('format')} is not "
+                f"{FORMAT_VERSION}; delete the folder to rebuild it"
+            )
+        self.audio: np.ndarray = np.load(self.path / "audio.npy", mmap_mode="r")
+        self.labels: np.ndarray = np.load(self.path / "labels.npy")
+        self.split: np.ndarray | None = _load_optional(self.path / "split.npy")
+        self.fold: np.ndarray | None = _load_optional(self.path / "fold.npy")
+        self.class_names: list[str] = list(self.manifest["class_names"])
+        self.sample_rate: int = int(self.manifest["sample_rate"])
+        self.clip_samples: int = int(self.manifest["clip_samples"])
+        self.content_hash: str = self.manifest["content_hash"]
+        self.dataset: str = self.manifest["dataset"]
+        self._scale = np.float32(1.0 / _STORAGE_SCALE[self.manifest["dtype"]])
+
+    # Pickling a memmap would copy the whole array into the pickle; reopening by path keeps
+    # DataLoader workers and Ray tasks on the shared page-cache copy.
+    def __reduce__(self) -> tuple[Any, tuple[Path]]:
+        return (AudioCache, (self.path,))
+
+    def __len__(self) -> int:
+        return int(self.audio.shape[0])
+
+    def __repr__(self) -> str:
+        return (
+            f"AudioCache({self.dataset!r}, clips={len(self)}, classes={len(self.class_names)}, "
+            f"rate={self.sample_rate}, samples={self.clip_samples}, path={str(self.path)!r})"
+        )
+
+    @property
+    def files(self) -> list[str]:
+        """Input paths (relative to the dataset root), one per cached row."""
+        return (self.path / "files.txt").read_text().splitlines()
+
+    @property
+    def excluded(self) -> list[dict[str, str]]:
+        """Files left out of the cache, each with the reason."""
+        return list(self.manifest["excluded"])
+
+    def to_float(self, rows: np.ndarray) -> torch.Tensor:
+        """Storage rows -> float32 tensor in [-1, 1]."""
+        tensor = torch.from_numpy(np.ascontiguousarray(rows)).to(torch.float32)
+        return tensor.mul_(float(self._scale)) if self._scale != 1 else tensor
+
+    def batch(self, indices: np.ndarray | torch.Tensor | list[int]) -> torch.Tensor:
+        """Clips at ``indices`` as float32 ``(len(indices), clip_samples)``: one gather."""
+        if isinstance(indices, torch.Tensor):
+            indices = indices.cpu().numpy()
+        indices = np.asarray(indices, dtype=np.int64)
+        if indices.size and (indices.min() < -len(self) or indices.max() >= len(self)):
+            raise IndexError(f"cache index out of range 0..{len(self) - 1}")
+        return self.to_float(np.take(self.audio, indices, axis=0))
+
+
+def _load_optional(path: Path) -> np.ndarray | None:
+    return np.load(path) if path.is_file() else None
+
+
+class CacheDataset(torch.utils.data.Dataset):
+    """``(waveform float32 (T,), label int64)`` for the clips ``indices`` of a cache.
+
+    Meant for a ``DistributedSampler``; each item is a memmap slice, so it is cheap. Pass
+    ``labels`` to override the cache's labels (e.g. -1 for samples whose label is hidden by
+    a label fraction).
+    """
+
+    def __init__(
+        self,
+        cache: AudioCache,
+        indices: np.ndarray | None = None,
+        labels: np.ndarray | None = None,
+    ) -> None:
+        self.cache = cache
+        self.indices = np.arange(len(cache)) if indices is None else np.asarray(indices)
+        self.labels = cache.labels[self.indices] if labels is None else np.asarray(labels)
+        if len(self.labels) != len(self.indices):
+            raise ValueError(f"{len(self.indices)} indices but {len(self.labels)} labels")
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, item: int) -> tuple[torch.Tensor, torch.Tensor]:
+        row = self.cache.audio[self.indices[item]]
+        return self.cache.to_float(row), torch.tensor(int(self.labels[item]), dtype=torch.int64)
+
+
+# --- building ---------------------------------------------------------------------------
+def resolve(cfg: DataConfig, progress: bool = True) -> CacheRequest:
+    """Check the config against the dataset and find its folder (downloading if asked)."""
+    spec = get_spec(cfg.dataset)
+    label_field = spec.label_field(cfg.label_field)
+    clip_seconds = float(cfg.clip_seconds or spec.clip_seconds)
+    return CacheRequest(
+        spec=spec,
+        root=dataset_root(cfg, progress=progress),
+        label_field=label_field,
+        sample_rate=cfg.sample_rate,
+        clip_seconds=clip_seconds,
+        clip_samples=round(clip_seconds * cfg.sample_rate),
+        crop=cfg.crop,
+        dtype=cfg.cache_dtype,
+        max_clips=cfg.max_clips,
+        strict=cfg.strict,
+    )
+
+
+def scan(request: CacheRequest) -> Listing:
+    """The dataset's listing, subsampled deterministically when ``max_clips`` is set."""
+    listing = request.spec.scan(request.root, request.label_field)
+    if request.max_clips is not None and request.max_clips < len(listing.files):
+        keep = np.sort(
+            np.random.default_rng(0).permutation(len(listing.files))[: request.max_clips]
+        )
+        listing = listing.subset(keep)
+    return listing
+
+
+def cache_key(request: CacheRequest, listing: Listing) -> str:
+    """Hash of everything that changes the cached array; cheap (stats, no decoding)."""
+    digest = hashlib.sha256()
+    settings = {
+        "format": FORMAT_VERSION,
+        "dataset": request.spec.name,
+        "version": request.spec.version,
+        "label_field": request.label_field,
+        "sample_rate": request.sample_rate,
+        "clip_samples": request.clip_samples,
+        "crop": request.crop,
+        "dtype": request.dtype,
+        "max_clips": request.max_clips,
+        "class_names": listing.class_names,
+    }
+    digest.update(json.dumps(settings, sort_keys=True).encode())
+    for path in listing.files:
+        try:
+            stat = path.stat()
+            signature = f"{_relative(path, request.root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n"
+        except OSError:
+            signature = f"{_relative(path, request.root)}\0missing\n"
+        digest.update(signature.encode())
+    for metadata in listing.metadata_files:
+        digest.update(hashlib.sha256(metadata.read_bytes()).digest())
+    for array in (listing.labels, listing.split, listing.fold):
+        if array is not None:
+            digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock across processes on this node (flock; released on crash)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _worker_count() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _decode_chunk(
+    paths: list[Path], rows: range, out: np.ndarray, request: CacheRequest
+) -> list[tuple[int, str | None, bytes]]:
+    """Decode files straight into their rows of ``out``; returns (row, error, sha256).
+
+    Runs in a thread: libsndfile and soxr do their work outside the GIL, so threads use
+    all cores without copying audio between processes.
+    """
+    scale = _STORAGE_SCALE[request.dtype]
+    results = []
+    for path, row in zip(paths, rows, strict=True):
+        try:
+            data = path.read_bytes()
+        except OSError as error:
+            results.append((row, f"cannot read: {error.strerror or error}", b""))
+            continue
+        try:
+            clip = load_clip(data, request.sample_rate, request.clip_samples, request.crop)
+        except AudioDecodeError as error:
+            results.append((row, str(error).removeprefix("<bytes>: "), b""))
+            continue
+        if request.dtype == "int16":
+            out[row] = np.round(np.clip(clip, -1.0, 1.0) * scale).astype(np.int16)
+        else:
+            out[row] = clip
+        results.append((row, None, hashlib.sha256(data).digest()))
+    return results
+
+
+def build(request: CacheRequest, listing: Listing, directory: Path, progress: bool) -> None:
+    """Decode every listed file into a new cache folder at ``directory`` (atomically)."""
+    started = time.perf_counter()
+    staging = directory.parent / f".{directory.name}.building-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        count = len(listing.files)
+        raw = np.lib.format.open_memmap(
+            staging / "raw.npy", mode="w+", dtype=request.dtype,
+            shape=(count, request.clip_samples),
+        )  # fmt: skip
+        errors: dict[int, str] = {}
+        hashes: dict[int, bytes] = {}
+        chunks = [range(i, min(i + _CHUNK, count)) for i in range(0, count, _CHUNK)]
+        bar = tqdm(total=count, desc=f"caching {request.spec.name}", unit="clip",
+                   disable=not progress)  # fmt: skip
+        with ThreadPoolExecutor(max_workers=_worker_count()) as pool:
+            futures = [
+                pool.submit(_decode_chunk, [listing.files[i] for i in rows], rows, raw, request)
+                for rows in chunks
+            ]
+            for future in futures:
+                for row, error, file_hash in future.result():
+                    if error is None:
+                        hashes[row] = file_hash
+                    else:
+                        errors[row] = error
+                bar.update(len(future.result()))
+        bar.close()
+        good = np.array(sorted(hashes), dtype=np.int64)
+        if good.size == 0:
+            raise DatasetError(
+                f"{request.spec.name}: none of the {count} files under {request.root} could "
+                f"be decoded (first error: {next(iter(errors.values()), 'none')})"
+            )
+        if errors:  # compact the good rows into the final array
+            audio = np.lib.format.open_memmap(
+                staging / "audio.npy", mode="w+", dtype=request.dtype,
+                shape=(good.size, request.clip_samples),
+            )  # fmt: skip
+            for start in range(0, good.size, 1024):
+                audio[start : start + 1024] = raw[good[start : start + 1024]]
+            audio.flush()
+            del audio, raw
+            (staging / "raw.npy").unlink()
+        else:
+            raw.flush()
+            del raw
+            (staging / "raw.npy").rename(staging / "audio.npy")
+        kept = listing.subset(good)
+        np.save(staging / "labels.npy", kept.labels)
+        if kept.split is not None:
+            np.save(staging / "split.npy", kept.split.astype(str))
+        if kept.fold is not None:
+            np.save(staging / "fold.npy", kept.fold.astype(np.int64))
+        (staging / "files.txt").write_text(
+            "".join(_relative(p, request.root) + "\n" for p in kept.files)
+        )
+        content = hashlib.sha256()
+        for row in good:
+            content.update(hashes[int(row)])
+        content.update(directory.name.encode())  # the settings are part of the key
+        excluded = [{"path": path, "reason": reason} for path, reason in listing.excluded] + [
+            {"path": _relative(listing.files[row], request.root), "reason": reason}
+            for row, reason in sorted(errors.items())
+        ]
+        manifest = _manifest(request, kept, excluded, content.hexdigest(), directory.name)
+        manifest["build_seconds"] = round(time.perf_counter() - started, 3)
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        os.replace(staging, directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _manifest(
+    request: CacheRequest, kept: Listing, excluded: list[dict[str, str]], content: str, key: str
+) -> dict[str, Any]:
+    def counts(values: np.ndarray | None) -> dict[str, int] | None:
+        if values is None:
+            return None
+        names, numbers = np.unique(values.astype(str), return_counts=True)
+        return {str(n): int(c) for n, c in zip(names, numbers, strict=True)}
+
+    return {
+        "format": FORMAT_VERSION,
+        "dataset": request.spec.name,
+        "version": request.spec.version,
+        "root": str(request.root),
+        "label_field": request.label_field,
+        "sample_rate": request.sample_rate,
+        "clip_seconds": request.clip_seconds,
+        "clip_samples": request.clip_samples,
+        "crop": request.crop,
+        "dtype": request.dtype,
+        "max_clips": request.max_clips,
+        "count": len(kept.files),
+        "class_names": kept.class_names,
+        "class_counts": np.bincount(kept.labels, minlength=len(kept.class_names)).tolist(),
+        "split_counts": counts(kept.split),
+        "fold_counts": counts(kept.fold),
+        "excluded": excluded,
+        "content_hash": content,
+        "key": key,
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def _report_excluded(cache: AudioCache, strict: bool) -> None:
+    """One warning for all excluded files, or with ``strict`` an error naming them."""
+    excluded = cache.excluded
+    if not excluded:
+        return
+    shown = "; ".join(f"{e['path']} ({e['reason']})" for e in excluded[:20])
+    more = f"; ... and {len(excluded) - 20} more" if len(excluded) > 20 else ""
+    message = (
+        f"{cache.dataset}: {len(excluded)} file(s) excluded from the cache: {shown}{more}. "
+        f"Full list in {cache.path / MANIFEST}"
+    )
+    if strict:
+        raise DatasetError(message + ". Fix or remove them, or set data.strict=false to skip them")
+    warnings.warn(message, ExcludedFilesWarning, stacklevel=3)
+
+
+def open_cache(cfg: DataConfig, progress: bool = True) -> AudioCache:
+    """Build the cache for ``cfg`` unless an identical one exists, then open it mapped.
+
+    Excluded (corrupt, empty, truncated, non-finite, missing) files produce one warning
+    when the cache is built; with ``data.strict`` they are an error whenever it is opened.
+    """
+    request = resolve(cfg, progress=progress)
+    listing = scan(request)
+    key = cache_key(request, listing)
+    directory = cache_home(cfg) / f"{request.spec.name}-{key[:20]}"
+    built = False
+    if not (directory / MANIFEST).is_file():
+        with _file_lock(directory.parent / f".{directory.name}.lock"):
+            if not (directory / MANIFEST).is_file():  # another process may have built it
+                build(request, listing, directory, progress)
+                built = True
+    cache = AudioCache(directory)
+    if built or request.strict:
+        _report_excluded(cache, request.strict)
+    return cache
+
+
+def describe(cache: AudioCache) -> str:
+    """A short human-readable summary (for demos and logs)."""
+    manifest = cache.manifest
+    lines = [
+        f"dataset      {cache.dataset} ({manifest['version']}) at {manifest['root']}",
+        f"clips        {len(cache)} x {cache.clip_samples} samples "
+        f"({manifest['clip_seconds']} s at {cache.sample_rate} Hz, {manifest['dtype']})",
+        f"classes      {len(cache.class_names)}: {', '.join(cache.class_names[:12])}"
+        + (" ..." if len(cache.class_names) > 12 else ""),
+    ]
+    if manifest["split_counts"]:
+        lines.append(f"splits       {manifest['split_counts']}")
+    if manifest["fold_counts"]:
+        lines.append(f"folds        {manifest['fold_counts']}")
+    lines.append(f"excluded     {len(manifest['excluded'])}")
+    lines.append(f"cache        {cache.path} ({cache.audio.nbytes / 2**20:.1f} MiB)")
+    return "\n".join(lines)
