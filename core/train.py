@@ -457,6 +457,11 @@ def _train_epoch(
                 sums[key] = sums.get(key, 0.0) + value.detach().float()
         steps += 1
     seconds = time.perf_counter() - started
+    if world > 1 and sums:
+        # Report the global mean over workers, not rank 0's share of the batch.
+        stacked = torch.stack([sums[key] for key in sorted(sums)])
+        dist.all_reduce(stacked)
+        sums = dict(zip(sorted(sums), stacked / world, strict=True))
     metrics = {key: float(total) / max(steps, 1) for key, total in sums.items()}
     metrics.update(
         epoch=float(epoch),

@@ -1,0 +1,185 @@
+"""The training loop on both hosts, on real FSDD audio, logging to a real MLflow store."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from core.config import ExperimentConfig, preset
+from core.train import CallbackContext, NonFiniteLossError, run_loop
+
+
+def small_config(
+    fsdd_root: Path, cache_dir: Path, results: Path, **sections: dict
+) -> ExperimentConfig:
+    """A CPU-sized trial: width-8 ResNet18 on stft3, 4 steps of 32 clips per epoch."""
+    overrides = {
+        "data": {"root": str(fsdd_root), "cache_dir": str(cache_dir)},
+        "augment": {"pipeline": ["TS", "FD"]},
+        "frontend": {"name": "stft3"},
+        "model": {"encoder": "resnet18", "width": 8, "proj_hidden_dim": 64, "proj_dim": 32},
+        "optim": {"name": "adam", "lr": 1e-3, "warmup_epochs": 0, "weight_decay": 0.0},
+        "train": {
+            "epochs": 2,
+            "batch_size": 32,
+            "max_steps_per_epoch": 4,
+            "eval_every": 2,
+            "eval_epochs": 15,
+            "seed": 7,
+        },
+        "tracking": {
+            "tracking_uri": f"sqlite:///{results}/mlflow.db",
+            "results_dir": str(results),
+            "experiment": "test-train",
+        },
+    }
+    for name, values in sections.items():
+        overrides[name] = {**overrides.get(name, {}), **values}
+    return preset("quick", overrides)
+
+
+class KeepCheckpoints:
+    """A ``report_fn`` that keeps every checkpoint and every metrics dict."""
+
+    def __init__(self, folder: Path, fail_after_epoch: int | None = None) -> None:
+        self.folder = folder
+        self.metrics: list[dict[str, float]] = []
+        self.fail_after_epoch = fail_after_epoch
+
+    def __call__(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
+        epoch = int(metrics["epoch"])
+        self.metrics.append(dict(metrics))
+        if checkpoint_dir is not None:
+            shutil.copytree(checkpoint_dir, self.folder / f"epoch{epoch}", dirs_exist_ok=True)
+        if self.fail_after_epoch == epoch:
+            raise KeyboardInterrupt("simulated preemption after the checkpoint")
+
+
+def runs_of(cfg: ExperimentConfig) -> list:
+    client = MlflowClient(cfg.tracking.tracking_uri)
+    experiment = client.get_experiment_by_name(cfg.tracking.experiment)
+    assert experiment is not None
+    return client.search_runs([experiment.experiment_id])
+
+
+@pytest.mark.slow
+def test_in_process_trial_trains_evaluates_and_logs(fsdd_root, cache_dir, tmp_path):
+    cfg = small_config(fsdd_root, cache_dir, tmp_path, tracking={"trial_id": "inproc"})
+    reports = KeepCheckpoints(tmp_path / "ckpt")
+    final = run_loop(cfg, CallbackContext(reports))
+
+    assert [int(m["epoch"]) for m in reports.metrics] == [0, 1]
+    for key in ("loss", "lr", "samples_per_s", "epoch_seconds"):
+        assert all(math.isfinite(m[key]) for m in reports.metrics), key
+    # Ten spoken digits: chance is 10 %; frozen features + the evaluation head beat it.
+    assert final["test_top1"] > 0.2
+    assert 0.0 < final["test_macro_f1"] <= 1.0
+
+    (run,) = runs_of(cfg)
+    client = MlflowClient(cfg.tracking.tracking_uri)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["augment.pipeline"] == str(["TS", "FD"])
+    assert run.data.params["frontend.name"] == "stft3"
+    history = client.get_metric_history(run.info.run_id, "loss")
+    assert sorted(point.step for point in history) == [0, 1]
+    assert [p.step for p in client.get_metric_history(run.info.run_id, "test_top1")] == [1]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert "config.yaml" in artifacts
+
+
+@pytest.mark.slow
+def test_restart_from_checkpoint_matches_uninterrupted_run(fsdd_root, cache_dir, tmp_path):
+    straight = small_config(
+        fsdd_root, cache_dir, tmp_path / "a", train={"eval_every": 10, "epochs": 2}
+    )
+    uninterrupted = KeepCheckpoints(tmp_path / "a-ckpt")
+    run_loop(straight, CallbackContext(uninterrupted))
+
+    resumed_cfg = small_config(
+        fsdd_root, cache_dir, tmp_path / "b", train={"eval_every": 10, "epochs": 2}
+    )
+    first = KeepCheckpoints(tmp_path / "b-ckpt", fail_after_epoch=0)
+    with pytest.raises(KeyboardInterrupt):
+        run_loop(resumed_cfg, CallbackContext(first))
+    second = KeepCheckpoints(tmp_path / "b-ckpt")
+    run_loop(resumed_cfg, CallbackContext(second, restore_dir=tmp_path / "b-ckpt" / "epoch0"))
+
+    assert [int(m["epoch"]) for m in second.metrics] == [1]
+    expected, got = uninterrupted.metrics[1], second.metrics[0]
+    for key in ("loss", "lr", "test_top1"):
+        assert got[key] == pytest.approx(expected[key], rel=1e-4, abs=1e-6), key
+    # The restarted trial continued its own MLflow run: one run, FINISHED.
+    (run,) = runs_of(resumed_cfg)
+    assert run.info.status == "FINISHED"
+    steps = [
+        p.step
+        for p in MlflowClient(resumed_cfg.tracking.tracking_uri).get_metric_history(
+            run.info.run_id, "loss"
+        )
+    ]
+    assert sorted(steps) == [0, 1]
+
+
+@pytest.mark.slow
+def test_clar_with_ten_percent_labels_logs_both_components(fsdd_root, cache_dir, tmp_path):
+    cfg = small_config(
+        fsdd_root,
+        cache_dir,
+        tmp_path,
+        method={"name": "clar"},
+        data={"label_fraction": 0.1},
+        train={"epochs": 1, "eval_every": 5},
+    )
+    reports = KeepCheckpoints(tmp_path / "ckpt")
+    run_loop(cfg, CallbackContext(reports))
+    (metrics,) = reports.metrics
+    assert metrics["nt_xent"] > 0
+    assert metrics["ce"] > 0  # 32-clip batches at 10 % labels: labelled clips are present
+    assert metrics["loss"] == pytest.approx(metrics["nt_xent"] + metrics["ce"], rel=1e-4)
+    (run,) = runs_of(cfg)
+    names = set(run.data.metrics)
+    assert {"nt_xent", "ce", "loss"} <= names
+
+
+@pytest.mark.slow
+def test_forced_nan_fails_the_trial_with_a_readable_reason(
+    fsdd_root, cache_dir, tmp_path, monkeypatch
+):
+    marker = tmp_path / "nan-once"
+    marker.touch()
+    monkeypatch.setenv("CLARLAB_INJECT_FAULT", f"nan:0:1:0:{marker}")
+    cfg = small_config(fsdd_root, cache_dir, tmp_path, train={"epochs": 1})
+    with pytest.raises(NonFiniteLossError, match="epoch 0, step 1"):
+        run_loop(cfg, CallbackContext())
+    (run,) = runs_of(cfg)
+    assert run.info.status == "FAILED"
+    assert "non-finite loss at epoch 0, step 1" in run.data.tags["clarlab.error"]
+
+
+def test_bad_batch_size_fails_before_training(fsdd_root, cache_dir, tmp_path):
+    cfg = small_config(
+        fsdd_root, cache_dir, tmp_path, train={"batch_size": 4096}, data={"max_clips": 500}
+    )
+    with pytest.raises(ValueError, match="train.batch_size=4096"):
+        run_loop(cfg, CallbackContext())
+
+
+def test_epoch_batches_shard_the_global_batch():
+    from core.train import epoch_batches
+
+    train = np.arange(100, 200)
+    single = list(epoch_batches(train, 8, epoch=3, seed=1, rank=0, world_size=1))
+    shards = [list(epoch_batches(train, 4, epoch=3, seed=1, rank=r, world_size=2)) for r in (0, 1)]
+    assert len(single) == 12 and len(shards[0]) == 12
+    for step, (rows, positions) in enumerate(single):
+        union = np.sort(np.concatenate([shards[0][step][0], shards[1][step][0]]))
+        np.testing.assert_array_equal(union, rows)
+        np.testing.assert_array_equal(train[positions], rows)
+    assert not np.array_equal(
+        single[0][0], next(epoch_batches(train, 8, epoch=4, seed=1, rank=0, world_size=1))[0]
+    )
