@@ -163,6 +163,8 @@ class MethodConfig(_Section):
     dino_out_dim: int = Field(1024, gt=0)
     dino_teacher_temperature: float = Field(0.04, gt=0)
     dino_center_momentum: float = Field(0.9, ge=0, le=1)
+    dino_student_temperature: float = Field(0.1, gt=0)
+    dino_momentum: float = Field(0.996, ge=0, le=1)  # teacher EMA, cosine-scheduled to 1
     swav_prototypes: int = Field(100, gt=0)
     swav_epsilon: float = Field(0.05, gt=0)
     swav_sinkhorn_iterations: int = Field(3, gt=0)
@@ -192,6 +194,12 @@ class OptimConfig(_Section):
         "warmup_cosine"
     )
     lars_eta: float = Field(1e-3, gt=0)
+    # schedule='plateau' (QUACLRS): multiply lr by plateau_factor after plateau_patience
+    # epochs without improvement of the metric given to Scheduler.step_epoch.
+    plateau_mode: Literal["max", "min"] = "max"
+    plateau_factor: float = Field(0.1, gt=0, lt=1)
+    plateau_patience: int = Field(5, ge=0)
+    min_lr: float = Field(0.0, ge=0)  # floor of the cosine schedules
 
     @field_validator("name")
     @classmethod

@@ -1,0 +1,592 @@
+"""MLflow tracking: one run per trial, nested under the sweep's parent run.
+
+Everything goes through an explicit :class:`mlflow.MlflowClient` and run ids, never the
+global ``mlflow.start_run``/``mlflow.active_run`` state: under Ray Tune several trials can
+share one process (function trainables run in threads of one actor), and a global active
+run would mix their metrics.
+
+Store layout. Without a tracking URI the store is a local SQLite file under the results
+folder (``<results>/mlflow.db``) with artifacts beside it (``<results>/mlartifacts``), so
+``mlflow ui --backend-store-uri sqlite:///<results>/mlflow.db`` shows every trial with its
+artifacts. MLflow would otherwise put the artifacts of a SQLite store in ``./mlruns`` of
+whatever working directory the process happens to have (Ray moves trials around), so the
+experiment is created with an explicit artifact location.
+
+Restarts. A trial restarted by Ray (worker failure, ``Tuner.restore``) must continue its own
+MLflow run instead of opening a duplicate, a well-known pitfall of Ray + MLflow. A run is
+found again either by its id (kept in the trial checkpoint) or by the ``clarlab.trial_id``
+tag under the same parent run.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import subprocess
+import time
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from functools import lru_cache
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlparse
+
+import numpy as np
+import yaml
+from mlflow.entities import Metric, Param, Run, RunStatus, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from mlflow.utils.validation import (
+    MAX_METRICS_PER_BATCH,
+    MAX_PARAM_VAL_LENGTH,
+    MAX_PARAMS_TAGS_PER_BATCH,
+    MAX_TAG_VAL_LENGTH,
+)
+
+from core.config import ExperimentConfig, TrackingConfig
+
+if TYPE_CHECKING:
+    from core.evaluate import EvaluationResult
+
+# Tag keys. ``mlflow.*`` keys are MLflow's own: the UI nests runs by ``mlflow.parentRunId``
+# and shows ``mlflow.source.git.commit`` as the run's source version.
+TAG_PARENT = "mlflow.parentRunId"
+TAG_GIT_COMMIT_MLFLOW = "mlflow.source.git.commit"
+TAG_ABLATION = "clarlab.ablation"
+TAG_TRIAL_ID = "clarlab.trial_id"
+TAG_GIT_COMMIT = "clarlab.git_commit"
+TAG_GIT_DIRTY = "clarlab.git_dirty"
+TAG_DATASET = "clarlab.dataset"
+TAG_ERROR = "clarlab.error"
+TAG_PREVIOUS_ERROR = "clarlab.previous_error"
+TAG_RESUME_COUNT = "clarlab.resume_count"
+TAG_PARAMS_CHANGED = "clarlab.params_changed"
+TAG_KIND = "clarlab.run_kind"  # "sweep" for parents, "trial" for children
+
+DB_FILE = "mlflow.db"
+ARTIFACT_FOLDER = "mlartifacts"
+EVALUATION_FOLDER = "evaluation"
+# The error tag keeps the start and the end of a long error (a traceback's last line is
+# the message); the whole text of a truncated error goes to the ``error.txt`` artifact.
+ERROR_TAG_HEAD, ERROR_TAG_TAIL = 1_000, 3_000
+# Params that must not be logged: a tracking URI may carry credentials (user:pass@host).
+EXCLUDED_PARAMS = frozenset({"tracking.tracking_uri"})
+# Beyond this many classes the confusion-matrix PNG drops the per-cell counts (unreadable).
+MAX_ANNOTATED_CLASSES = 30
+
+TerminalStatus = Literal["FINISHED", "FAILED", "KILLED"]
+
+
+# --- where the store is -----------------------------------------------------------------
+
+
+def resolve_tracking_uri(cfg: TrackingConfig) -> str:
+    """The tracking URI: ``cfg.tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else a SQLite
+    file under ``cfg.results_dir`` (the folder is created)."""
+    if cfg.tracking_uri:
+        return cfg.tracking_uri
+    from_env = os.environ.get("MLFLOW_TRACKING_URI")
+    if from_env:
+        return from_env
+    results = Path(cfg.results_dir).expanduser().absolute()
+    results.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{results / DB_FILE}"
+
+
+def default_artifact_root(tracking_uri: str) -> str | None:
+    """Artifact folder beside a SQLite store file (``<dir of db>/mlartifacts``).
+
+    ``None`` for other stores: a tracking server and a file store pick their own artifact
+    location, and an in-memory SQLite database has no folder to sit beside.
+    """
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    db_path = tracking_uri.removeprefix("sqlite:///").split("?", 1)[0]
+    if not db_path or db_path == ":memory:":
+        return None
+    return str(Path(db_path).expanduser().absolute().parent / ARTIFACT_FOLDER)
+
+
+def _artifact_location(artifact_root: str, experiment: str) -> str:
+    """One sub-folder per experiment under the artifact root, as a URI MLflow accepts."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", experiment).strip("_") or "experiment"
+    if urlparse(artifact_root).scheme not in ("", "file") or artifact_root.startswith("file:"):
+        return f"{artifact_root.rstrip('/')}/{slug}"
+    return (Path(artifact_root).expanduser().absolute() / slug).as_uri()
+
+
+def ensure_experiment(tracking_uri: str, name: str, artifact_root: str | None) -> str:
+    """The id of experiment ``name``, created (with ``artifact_root``) if missing.
+
+    Safe when several trials start at once: a create that loses the race raises, and the
+    experiment the winner created is read back instead.
+    """
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        location = _artifact_location(artifact_root, name) if artifact_root else None
+        try:
+            return client.create_experiment(name, artifact_location=location)
+        except MlflowException:
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+    if experiment.lifecycle_stage != "active":
+        raise MlflowException(
+            f"MLflow experiment {name!r} (id {experiment.experiment_id}) in {tracking_uri} is "
+            f"deleted; restore it (`mlflow experiments restore --experiment-id "
+            f"{experiment.experiment_id}`) or choose another tracking.experiment"
+        )
+    return experiment.experiment_id
+
+
+# --- provenance --------------------------------------------------------------------------
+
+_PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _git(*args: str) -> str | None:
+    try:
+        completed = subprocess.run(
+            ["git", "-C", str(_PROJECT_ROOT), *args],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return completed.stdout.strip()
+
+
+@lru_cache(maxsize=1)
+def git_commit() -> str | None:
+    """Commit of the project checkout the code runs from; ``None`` outside a git checkout
+    (e.g. an installed wheel) or without a git binary."""
+    commit = _git("rev-parse", "HEAD")
+    return commit or None
+
+
+@lru_cache(maxsize=1)
+def git_dirty() -> bool | None:
+    """Whether tracked files differ from the commit (then the commit alone does not
+    reproduce the run); ``None`` when unknown."""
+    if git_commit() is None:
+        return None
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return None if status is None else bool(status)
+
+
+def _provenance_tags() -> dict[str, str]:
+    commit, dirty = git_commit(), git_dirty()
+    tags: dict[str, str] = {}
+    if commit:
+        tags[TAG_GIT_COMMIT] = tags[TAG_GIT_COMMIT_MLFLOW] = commit
+    if dirty is not None:
+        tags[TAG_GIT_DIRTY] = str(dirty).lower()
+    return tags
+
+
+# --- small helpers -----------------------------------------------------------------------
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _param_text(value: Any) -> str:
+    """MLflow params are strings: lists/dicts as JSON (parseable back), scalars via str."""
+    text = json.dumps(value) if isinstance(value, list | tuple | dict) else str(value)
+    return text[:MAX_PARAM_VAL_LENGTH]
+
+
+def config_params(cfg: ExperimentConfig) -> dict[str, str]:
+    """The flattened config as MLflow params (``augment.pipeline -> '["PS", "FD"]'``).
+
+    The sweep report can parse list-valued params back with ``json.loads``.
+    """
+    return {
+        key: _param_text(value) for key, value in cfg.flat().items() if key not in EXCLUDED_PARAMS
+    }
+
+
+def _quoted(value: str, what: str) -> str:
+    """A value for an MLflow filter string; quotes cannot be escaped there, so refuse them."""
+    if "'" in value or '"' in value:
+        raise ValueError(f"{what}={value!r} contains a quote, which MLflow filters cannot hold")
+    return f"'{value}'"
+
+
+def _truncate_error(text: str) -> str:
+    limit = min(MAX_TAG_VAL_LENGTH, ERROR_TAG_HEAD + ERROR_TAG_TAIL + 64)
+    if len(text) <= limit:
+        return text
+    omitted = len(text) - ERROR_TAG_HEAD - ERROR_TAG_TAIL
+    return (
+        f"{text[:ERROR_TAG_HEAD]}\n... [{omitted} characters omitted; full text in "
+        f"error.txt] ...\n{text[-ERROR_TAG_TAIL:]}"
+    )
+
+
+def default_run_name(cfg: ExperimentConfig) -> str:
+    """A readable trial name: ``simclr-resnet18w16-stft3-PS+FD[-<trial id>]``."""
+    if cfg.tracking.run_name:
+        return cfg.tracking.run_name
+    augmentations = "+".join([*cfg.augment.pipeline, *cfg.augment.spec_pipeline]) or "noaug"
+    parts = [
+        cfg.method.name,
+        f"{cfg.model.encoder}w{cfg.model.width}",
+        cfg.frontend.name,
+        augmentations,
+    ]
+    if cfg.data.label_fraction < 1:
+        parts.append(f"labels{cfg.data.label_fraction:g}")
+    if cfg.data.fold is not None:
+        parts.append(f"fold{cfg.data.fold}")
+    if cfg.tracking.trial_id:
+        parts.append(cfg.tracking.trial_id)
+    return "-".join(parts)
+
+
+# --- parent runs -------------------------------------------------------------------------
+
+
+def start_parent_run(cfg: TrackingConfig, tags: dict[str, str], run_name: str) -> str:
+    """Create a RUNNING parent run for a sweep (trials nest under it); returns its id.
+
+    The sweep ends it with :func:`finish_run`.
+    """
+    tracking_uri = resolve_tracking_uri(cfg)
+    experiment_id = ensure_experiment(
+        tracking_uri, cfg.experiment, default_artifact_root(tracking_uri)
+    )
+    all_tags = {TAG_ABLATION: cfg.ablation, TAG_KIND: "sweep", **_provenance_tags(), **tags}
+    run = MlflowClient(tracking_uri).create_run(
+        experiment_id, start_time=_now_ms(), tags=all_tags, run_name=run_name
+    )
+    return run.info.run_id
+
+
+def finish_run(
+    tracking_uri: str, run_id: str, status: TerminalStatus, error: str | None = None
+) -> None:
+    """Terminate any run (parent or trial) by id, recording ``error`` as in
+    :meth:`TrialRun.finish`."""
+    _finish(MlflowClient(tracking_uri), run_id, status, error)
+
+
+def _finish(client: MlflowClient, run_id: str, status: str, error: str | None) -> None:
+    if status not in ("FINISHED", "FAILED", "KILLED"):
+        raise ValueError(f"status must be FINISHED, FAILED or KILLED, got {status!r}")
+    if error and status == "FAILED":
+        shown = _truncate_error(error)
+        if shown != error:
+            client.log_text(run_id, error, "error.txt")
+        client.set_tag(run_id, TAG_ERROR, shown)
+    client.set_terminated(run_id, status=status, end_time=_now_ms())
+
+
+def find_trial_runs(tracking_uri: str, parent_run_id: str) -> list[Run]:
+    """Every run nested directly under ``parent_run_id``, oldest first (all pages)."""
+    client = MlflowClient(tracking_uri)
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    return _search_all(
+        client, experiment_id, f"tags.`{TAG_PARENT}` = {_quoted(parent_run_id, 'parent run id')}"
+    )
+
+
+def _search_all(client: MlflowClient, experiment_id: str, filter_string: str) -> list[Run]:
+    runs: list[Run] = []
+    page_token: str | None = None
+    while True:
+        page = client.search_runs(
+            [experiment_id],
+            filter_string=filter_string,
+            max_results=1000,
+            order_by=["attributes.start_time ASC"],
+            page_token=page_token,
+        )
+        runs.extend(page)
+        page_token = page.token
+        if not page_token:
+            return runs
+
+
+# --- trial runs --------------------------------------------------------------------------
+
+
+class TrialRun:
+    """The MLflow run of one trial, written by rank 0 only.
+
+    Holds its own client and run id; several instances can live in one process (threads)
+    without touching each other or MLflow's global active run. Usable as a context manager:
+    an exception inside the block finishes the run FAILED (KILLED for Ctrl-C) with the error.
+    """
+
+    def __init__(
+        self, client: MlflowClient, tracking_uri: str, run: Run, resumed: bool = False
+    ) -> None:
+        self.client = client
+        self.tracking_uri = tracking_uri
+        self.run_id: str = run.info.run_id
+        self.experiment_id: str = run.info.experiment_id
+        self.resumed = resumed  # True when an existing run was continued
+        self.finished = False
+
+    # --- opening ------------------------------------------------------------------------
+    @classmethod
+    def open(
+        cls,
+        cfg: ExperimentConfig,
+        extra_tags: dict[str, str] | None = None,
+        run_id: str | None = None,
+    ) -> TrialRun:
+        """Continue run ``run_id``, or the run tagged with ``cfg.tracking.trial_id`` under
+        the parent (or in the experiment when there is no parent), else create a new run.
+
+        Params, tags and ``extra_tags`` (e.g. the data cache hash) are logged either way;
+        params already on a continued run are not logged again (MLflow params are
+        immutable), and a changed value is reported in the ``clarlab.params_changed`` tag.
+        """
+        tracking = cfg.tracking
+        tracking_uri = resolve_tracking_uri(tracking)
+        client = MlflowClient(tracking_uri)
+        run = cls._existing_run(client, tracking_uri, tracking, run_id)
+        resumed = run is not None
+        if run is None:
+            run = client.create_run(
+                cls._experiment_for(client, tracking_uri, tracking),
+                start_time=_now_ms(),
+                tags={TAG_PARENT: tracking.parent_run_id} if tracking.parent_run_id else None,
+                run_name=default_run_name(cfg),
+            )
+        else:
+            cls._reopen(client, run)
+        trial = cls(client, tracking_uri, run, resumed=resumed)
+        trial._log_identity(cfg, run, extra_tags or {})
+        return trial
+
+    @staticmethod
+    def _experiment_for(client: MlflowClient, tracking_uri: str, tracking: TrackingConfig) -> str:
+        """The parent's experiment (MLflow nests runs of one experiment only), else ours."""
+        if tracking.parent_run_id:
+            try:
+                return client.get_run(tracking.parent_run_id).info.experiment_id
+            except MlflowException as error:
+                raise MlflowException(
+                    f"tracking.parent_run_id={tracking.parent_run_id!r} is not a run in "
+                    f"{tracking_uri}; start the parent with core.tracking.start_parent_run "
+                    f"against the same tracking URI ({error.message})"
+                ) from None
+        return ensure_experiment(
+            tracking_uri, tracking.experiment, default_artifact_root(tracking_uri)
+        )
+
+    @classmethod
+    def _existing_run(
+        cls,
+        client: MlflowClient,
+        tracking_uri: str,
+        tracking: TrackingConfig,
+        run_id: str | None,
+    ) -> Run | None:
+        if run_id:
+            try:
+                return client.get_run(run_id)
+            except MlflowException as error:
+                raise MlflowException(
+                    f"cannot continue MLflow run {run_id!r}: not found in {tracking_uri} "
+                    f"({error.message}); was the checkpoint written against another "
+                    f"tracking URI?"
+                ) from None
+        if not tracking.trial_id:
+            return None
+        experiment_id = cls._experiment_for(client, tracking_uri, tracking)
+        conditions = [f"tags.`{TAG_TRIAL_ID}` = {_quoted(tracking.trial_id, 'trial_id')}"]
+        if tracking.parent_run_id:
+            conditions.append(
+                f"tags.`{TAG_PARENT}` = {_quoted(tracking.parent_run_id, 'parent_run_id')}"
+            )
+        matches = _search_all(client, experiment_id, " and ".join(conditions))
+        # Oldest first: should duplicates exist from older tooling, the original wins.
+        return matches[0] if matches else None
+
+    @staticmethod
+    def _reopen(client: MlflowClient, run: Run) -> None:
+        """Mark a continued run RUNNING again and move a stale error out of the way."""
+        tags = run.data.tags
+        previous_error = tags.get(TAG_ERROR)
+        if previous_error is not None:
+            client.set_tag(run.info.run_id, TAG_PREVIOUS_ERROR, previous_error)
+            client.delete_tag(run.info.run_id, TAG_ERROR)
+        client.set_tag(
+            run.info.run_id, TAG_RESUME_COUNT, str(int(tags.get(TAG_RESUME_COUNT, "0")) + 1)
+        )
+        if run.info.status != RunStatus.to_string(RunStatus.RUNNING):
+            client.update_run(run.info.run_id, status="RUNNING")
+
+    def _log_identity(self, cfg: ExperimentConfig, run: Run, extra_tags: Mapping[str, str]) -> None:
+        existing = run.data.params
+        wanted = config_params(cfg)
+        changed = sorted(k for k, v in wanted.items() if k in existing and existing[k] != v)
+        new_params = [Param(k, v) for k, v in wanted.items() if k not in existing]
+        tags = {
+            TAG_ABLATION: cfg.tracking.ablation,
+            TAG_DATASET: cfg.data.dataset,
+            TAG_KIND: "trial",
+            **_provenance_tags(),
+            **{key: str(value) for key, value in extra_tags.items()},
+        }
+        if cfg.tracking.trial_id:
+            tags[TAG_TRIAL_ID] = cfg.tracking.trial_id
+        if changed:
+            warnings.warn(
+                f"MLflow run {self.run_id} continues with changed params {changed}; MLflow "
+                f"params are immutable, so the run keeps the old values (listed in the "
+                f"{TAG_PARAMS_CHANGED} tag)",
+                stacklevel=3,
+            )
+            tags[TAG_PARAMS_CHANGED] = json.dumps({k: wanted[k] for k in changed})[
+                :MAX_TAG_VAL_LENGTH
+            ]
+        run_tags = [RunTag(k, v[:MAX_TAG_VAL_LENGTH]) for k, v in tags.items()]
+        for params in _chunks(new_params, MAX_PARAMS_TAGS_PER_BATCH):
+            self.client.log_batch(self.run_id, params=params)
+        for chunk in _chunks(run_tags, MAX_PARAMS_TAGS_PER_BATCH):
+            self.client.log_batch(self.run_id, tags=chunk)
+
+    # --- logging ------------------------------------------------------------------------
+    def log_metrics(self, metrics: Mapping[str, Any], step: int) -> None:
+        """Log scalar metrics at ``step`` (the epoch) in batched calls.
+
+        Non-finite values are logged as they are (MLflow stores NaN and clamps infinities)
+        so that a diverging trial stays visible. Values must be convertible to float
+        (Python/NumPy numbers, 0-d tensors).
+        """
+        timestamp = _now_ms()
+        entries = []
+        for key, value in metrics.items():
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                raise TypeError(
+                    f"metric {key!r} has value {value!r} of type {type(value).__name__}; "
+                    f"MLflow metrics must be numbers"
+                ) from None
+            entries.append(Metric(key, number, timestamp, int(step)))
+        for chunk in _chunks(entries, MAX_METRICS_PER_BATCH):
+            self.client.log_batch(self.run_id, metrics=chunk)
+
+    def log_evaluation(
+        self, result: EvaluationResult, artifact_dir: str = EVALUATION_FOLDER
+    ) -> None:
+        """Confusion matrix (PNG and CSV with class names), per-class report (text) and the
+        scores as JSON, under ``evaluation/<split>_*``; a later call overwrites."""
+        prefix = f"{artifact_dir}/{result.split}"
+        figure = confusion_figure(result)
+        self.client.log_figure(self.run_id, figure, f"{prefix}_confusion.png")
+        self.client.log_text(self.run_id, confusion_csv(result), f"{prefix}_confusion.csv")
+        self.client.log_text(self.run_id, result.per_class_report(), f"{prefix}_per_class.txt")
+        scores = {
+            "split": result.split,
+            "top1": result.top1,
+            "macro_f1": result.macro_f1,
+            "per_class_f1": dict(zip(result.class_names, result.per_class_f1, strict=True)),
+            "extra": result.extra,
+        }
+        self.client.log_text(
+            self.run_id, json.dumps(scores, indent=2, allow_nan=True), f"{prefix}_scores.json"
+        )
+
+    def log_config(self, cfg: ExperimentConfig) -> None:
+        """The resolved config as ``config.yaml`` (loadable with ``ExperimentConfig.from_dict``)."""
+        text = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+        self.client.log_text(self.run_id, text, "config.yaml")
+
+    def log_artifact_file(self, path: Path, artifact_path: str | None = None) -> None:
+        """Upload a local file into the run's artifacts (under ``artifact_path`` if given)."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"cannot log artifact {path}: no such file")
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    # --- ending -------------------------------------------------------------------------
+    def finish(self, status: TerminalStatus, error: str | None = None) -> None:
+        """End the run. FAILED records ``error`` in the ``clarlab.error`` tag (a long error
+        is truncated there and kept whole in the ``error.txt`` artifact)."""
+        _finish(self.client, self.run_id, status, error)
+        self.finished = True
+
+    def __enter__(self) -> TrialRun:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self.finished:
+            return
+        if exc is None:
+            self.finish("FINISHED")
+        elif isinstance(exc, KeyboardInterrupt):
+            self.finish("KILLED", error="interrupted")
+        else:
+            self.finish("FAILED", error=f"{type(exc).__name__}: {exc}")
+
+
+# --- evaluation artifacts ----------------------------------------------------------------
+
+
+def confusion_csv(result: EvaluationResult) -> str:
+    """Rows are true classes, columns predicted classes, both named."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["true\\predicted", *result.class_names])
+    for name, row in zip(result.class_names, np.asarray(result.confusion), strict=True):
+        writer.writerow([name, *(int(count) for count in row)])
+    return buffer.getvalue()
+
+
+def confusion_figure(result: EvaluationResult) -> Any:
+    """A matplotlib Figure of the row-normalised confusion matrix (counts in the cells).
+
+    Built on a bare ``Figure`` with an Agg canvas, not ``pyplot``: pyplot keeps global
+    figure state that concurrent trials in one process would share.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    confusion = np.asarray(result.confusion, dtype=np.float64)
+    num_classes = confusion.shape[0]
+    support = confusion.sum(axis=1, keepdims=True)
+    normalised = np.divide(confusion, support, out=np.zeros_like(confusion), where=support > 0)
+    side = min(4.0 + 0.45 * num_classes, 30.0)
+    figure = Figure(figsize=(side + 1.5, side))
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    image = axes.imshow(normalised, cmap="Blues", vmin=0.0, vmax=1.0)
+    figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04, label="fraction of true class")
+    ticks = np.arange(num_classes)
+    axes.set_xticks(ticks, labels=result.class_names, rotation=90)
+    axes.set_yticks(ticks, labels=result.class_names)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    axes.set_title(f"{result.split}: top-1 {result.top1:.3f}, macro F1 {result.macro_f1:.3f}")
+    if num_classes <= MAX_ANNOTATED_CLASSES:
+        for (row, col), count in np.ndenumerate(confusion):
+            if count:
+                colour = "white" if normalised[row, col] > 0.5 else "black"
+                axes.text(col, row, int(count), ha="center", va="center", fontsize=7, color=colour)
+    figure.tight_layout()
+    return figure
