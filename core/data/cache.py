@@ -126,7 +126,9 @@ class AudioCache:
 
     def to_float(self, rows: np.ndarray) -> torch.Tensor:
         """Storage rows -> float32 tensor in [-1, 1]."""
-        tensor = torch.from_numpy(np.ascontiguousarray(rows)).to(torch.float32)
+        # Memmap rows are read-only views of the file: always hand out a private copy.
+        array = np.ascontiguousarray(rows).astype(np.float32, copy=not rows.flags.writeable)
+        tensor = torch.from_numpy(array)
         return tensor.mul_(float(self._scale)) if self._scale != 1 else tensor
 
     def batch(self, indices: np.ndarray | torch.Tensor | list[int]) -> torch.Tensor:

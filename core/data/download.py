@@ -1,0 +1,264 @@
+"""Fetch a dataset's official archives and extract them, safely and atomically.
+
+- A download streams into ``<name>.part`` and is renamed only once its size and checksum
+  check out, so an interrupted download never leaves a file that looks complete. A later
+  attempt resumes the ``.part`` file with an HTTP Range request, or restarts it when the
+  server does not honour ranges.
+- A checksum or size mismatch removes the partial file and raises, naming the URL and
+  both values.
+- Extraction refuses archive members that would land outside the target folder (absolute
+  paths, ``..``, links pointing out, device files) before writing anything, and writes
+  into a staging folder that is renamed into place only when every archive is extracted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import shutil
+import tarfile
+import urllib.error
+import urllib.request
+import zipfile
+from pathlib import Path, PurePosixPath
+
+from tqdm.auto import tqdm
+
+from core.data.base import DatasetError, DatasetNotFoundError, DatasetSpec, Resource
+
+_BLOCK = 1 << 20
+_USER_AGENT = "clarlab-data/0.1"
+
+
+class DownloadError(DatasetError):
+    """A download or extraction failed; the message names the URL or archive member."""
+
+
+def _digest(path: Path, algorithm: str) -> str:
+    digest = hashlib.new(algorithm)
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(_BLOCK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _verify(part: Path, url: str, sha256: str | None, md5: str | None, size: int | None) -> None:
+    """Check size and checksum of a finished download; remove it on any mismatch."""
+    problems = []
+    actual_size = part.stat().st_size
+    if size is not None and actual_size != size:
+        problems.append(f"size {actual_size} bytes, expected {size}")
+    for algorithm, expected in (("sha256", sha256), ("md5", md5)):
+        if expected and not problems:
+            actual = _digest(part, algorithm)
+            if actual.lower() != expected.lower():
+                problems.append(f"{algorithm} {actual}, expected {expected}")
+    if problems:
+        part.unlink(missing_ok=True)
+        raise DownloadError(
+            f"download of {url} is corrupt ({'; '.join(problems)}); the partial file was "
+            f"removed, retry the download (if it persists, the upstream file changed)"
+        )
+
+
+def download_file(
+    url: str,
+    destination: Path,
+    *,
+    sha256: str | None = None,
+    md5: str | None = None,
+    size: int | None = None,
+    progress: bool = True,
+    attempts: int = 3,
+    timeout: float = 60.0,
+) -> Path:
+    """Download ``url`` to ``destination`` with resume, verification and an atomic rename.
+
+    A complete ``destination`` is trusted (it was verified before being renamed); a
+    ``.part`` file left by an interrupted run is resumed. Connection drops are retried up
+    to ``attempts`` times, each retry resuming where the previous one stopped.
+    """
+    destination = Path(destination)
+    if destination.is_file():
+        return destination
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    part = destination.with_name(destination.name + ".part")
+    last_error: Exception | None = None
+    for _ in range(attempts):
+        try:
+            total = _fetch_into(url, part, progress=progress, timeout=timeout)
+        except urllib.error.HTTPError as error:
+            raise DownloadError(
+                f"cannot download {url}: HTTP {error.code} {error.reason}"
+            ) from None
+        except urllib.error.URLError as error:  # no route, DNS, refused: retrying won't help
+            raise DownloadError(f"cannot reach {url}: {error.reason}") from None
+        except (http.client.HTTPException, OSError) as error:  # dropped mid-transfer
+            last_error = error
+            continue
+        _verify(part, url, sha256, md5, size if size is not None else total)
+        os.replace(part, destination)
+        return destination
+    raise DownloadError(
+        f"download of {url} was interrupted {attempts} times ({last_error}); the partial "
+        f"file {part} is kept and the next attempt resumes it"
+    )
+
+
+def _fetch_into(url: str, part: Path, progress: bool, timeout: float) -> int | None:
+    """One HTTP attempt: append to ``part`` (Range) or rewrite it. Returns the full size.
+
+    Raises on a short read, so the caller retries and the next attempt resumes.
+    """
+    have = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
+    if have:
+        request.add_header("Range", f"bytes={have}-")
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as error:
+        if error.code == 416 and have:  # nothing left to fetch: the .part is whole
+            return None
+        raise
+    with response:
+        resumed = response.status == 206
+        if not resumed:
+            have = 0  # the server sent the whole file: restart the .part
+        length = response.headers.get("Content-Length")
+        remaining = int(length) if length is not None else None
+        total = have + remaining if remaining is not None else None
+        bar = tqdm(total=total, initial=have, unit="B", unit_scale=True,
+                   desc=part.name.removesuffix(".part"), disable=not progress)  # fmt: skip
+        received = 0
+        with part.open("ab" if resumed else "wb") as handle, bar:
+            while block := response.read(_BLOCK):
+                handle.write(block)
+                received += len(block)
+                bar.update(len(block))
+        if remaining is not None and received < remaining:
+            raise http.client.IncompleteRead(b"", remaining - received)
+    return total
+
+
+# --- extraction -------------------------------------------------------------------------
+def _member_path(name: str, strip: str | None, archive: Path) -> PurePosixPath | None:
+    """The member's path relative to the target, ``None`` to skip it; raises if unsafe."""
+    path = PurePosixPath(name)
+    first = path.parts[0] if path.parts else ""
+    if path.is_absolute() or ".." in path.parts or name.startswith("\\") or ":" in first:
+        raise DownloadError(
+            f"archive {archive.name} has a member {name!r} that would be written outside "
+            f"the target folder; refusing to extract it (the archive is not trustworthy)"
+        )
+    if strip is None:
+        return path
+    if path.parts[:1] != (strip,):
+        return None  # outside the archive's dataset folder (e.g. a global header)
+    rest = PurePosixPath(*path.parts[1:]) if len(path.parts) > 1 else None
+    return rest
+
+
+def safe_extract(archive: Path, target: Path, strip: str | None = None) -> None:
+    """Extract a .tar(.gz/.bz2/.xz) or .zip into ``target``, refusing unsafe members.
+
+    Every member is checked before anything is written. ``strip`` drops the archive's
+    top-level folder (``ESC-50-master/audio/x.wav`` -> ``audio/x.wav``).
+    """
+    target.mkdir(parents=True, exist_ok=True)
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as bundle:
+            plan = [
+                (info, _member_path(info.filename, strip, archive)) for info in bundle.infolist()
+            ]
+            for info, relative in plan:
+                if relative is None:
+                    continue
+                destination = target.joinpath(*relative.parts)
+                if info.is_dir():
+                    destination.mkdir(parents=True, exist_ok=True)
+                    continue
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                with bundle.open(info) as source, destination.open("wb") as sink:
+                    shutil.copyfileobj(source, sink, _BLOCK)
+        return
+    if not tarfile.is_tarfile(archive):
+        raise DownloadError(f"{archive} is neither a tar nor a zip archive")
+    with tarfile.open(archive) as bundle:
+        members = []
+        for member in bundle.getmembers():
+            relative = _member_path(member.name, strip, archive)
+            if relative is None:
+                continue
+            if member.ischr() or member.isblk() or member.isfifo():
+                raise DownloadError(
+                    f"archive {archive.name}: device member {member.name!r} refused"
+                )
+            if member.issym() or member.islnk():
+                link = PurePosixPath(member.linkname)
+                base = relative.parent if member.issym() else PurePosixPath()
+                resolved = os.path.normpath(str(base / link))
+                if link.is_absolute() or resolved.startswith(".."):
+                    raise DownloadError(
+                        f"archive {archive.name}: link {member.name!r} -> {member.linkname!r} "
+                        f"points outside the target folder; refusing to extract"
+                    )
+            if member.islnk() and strip and member.linkname.startswith(f"{strip}/"):
+                member.linkname = member.linkname[len(strip) + 1 :]
+            member.name = str(relative)
+            members.append(member)
+        # The "data" filter re-checks every member (paths, links, permissions) in tarfile.
+        bundle.extractall(target, members=members, filter="data")
+
+
+def download_dataset(
+    spec: DatasetSpec, root: Path, progress: bool = True, keep_archives: bool = False
+) -> Path:
+    """Download and extract every archive of ``spec`` so that ``root`` holds the dataset.
+
+    ``root`` appears only when everything is in place: archives are extracted into a
+    staging folder next to it, which is then renamed to ``root``.
+    """
+    root = Path(root)
+    if not spec.resources:
+        raise DatasetNotFoundError(
+            f"{spec.name} has no download URL; fetch it from {spec.homepage} into {root}"
+        )
+    if root.exists() and any(root.iterdir()):
+        raise DatasetError(
+            f"{root} exists and is not empty but does not hold {spec.name} (no "
+            f"{spec.marker or 'data'}); empty or remove it to download, or fix data.root"
+        )
+    downloads = root.parent / ".downloads"
+    staging = root.parent / f".{root.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        for resource in spec.resources:
+            archive = _fetch(resource, downloads, progress)
+            safe_extract(archive, staging, strip=resource.strip)
+        if spec.marker and not (staging / spec.marker).exists():
+            raise DownloadError(
+                f"{spec.name}: the downloaded archives do not contain {spec.marker}; the "
+                f"upstream layout changed"
+            )
+        if root.exists():
+            root.rmdir()  # empty (checked above)
+        os.replace(staging, root)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if not keep_archives:
+        for resource in spec.resources:
+            (downloads / resource.filename).unlink(missing_ok=True)
+    return root
+
+
+def _fetch(resource: Resource, downloads: Path, progress: bool) -> Path:
+    return download_file(
+        resource.url,
+        downloads / resource.filename,
+        sha256=resource.sha256,
+        md5=resource.md5,
+        size=resource.size,
+        progress=progress,
+    )
