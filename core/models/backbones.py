@@ -39,7 +39,12 @@ class Encoder(nn.Module):
     """
 
     def __init__(
-        self, trunk: nn.Module, feature_dim: int, dim: int, in_channels: int, name: str,
+        self,
+        trunk: nn.Module,
+        feature_dim: int,
+        dim: int,
+        in_channels: int,
+        name: str,
         min_size: int = 1,
     ) -> None:
         super().__init__()
@@ -116,8 +121,14 @@ def adapt_first_conv(model: nn.Module, in_channels: int) -> None:
             if module.in_channels == in_channels:
                 return
             new = nn.Conv2d(
-                in_channels, module.out_channels, module.kernel_size, module.stride,
-                module.padding, module.dilation, module.groups, module.bias is not None,
+                in_channels,
+                module.out_channels,
+                module.kernel_size,
+                module.stride,
+                module.padding,
+                module.dilation,
+                module.groups,
+                module.bias is not None,
             )
             with torch.no_grad():
                 mean = module.weight.mean(dim=1, keepdim=True)

@@ -30,9 +30,7 @@ class BasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(
-        self, dim: int, in_channels: int, channels: int, stride: int, kernel: int
-    ) -> None:
+    def __init__(self, dim: int, in_channels: int, channels: int, stride: int, kernel: int) -> None:
         super().__init__()
         conv, norm = _CONV[dim], _BATCH_NORM[dim]
         padding = kernel // 2
@@ -99,8 +97,9 @@ class ResNet(nn.Module):
             stage_blocks = []
             for index in range(blocks):
                 stage_blocks.append(
-                    BasicBlock(dim, channels_in, channels, stride if index == 0 else 1,
-                               block_kernel)
+                    BasicBlock(
+                        dim, channels_in, channels, stride if index == 0 else 1, block_kernel
+                    )
                 )
                 channels_in = channels
             stages.append(nn.Sequential(*stage_blocks))
@@ -129,9 +128,7 @@ def resnet18_2d(in_channels: int = 3, base_width: int = 64) -> ResNet:
     return ResNet(2, in_channels, base_width, block_kernel=3, stem_kernel=7, pool_kernel=3)
 
 
-def resnet18_1d(
-    in_channels: int = 1, base_width: int = 64, authors_code: bool = False
-) -> ResNet:
+def resnet18_1d(in_channels: int = 1, base_width: int = 64, authors_code: bool = False) -> ResNet:
     """ResNet18 on raw audio ``(B, C, T)`` with CLAR's squared kernels.
 
     Paper (default): block kernel 9 (3x3), stem 49 (7x7), max-pool 9 (3x3). The authors'
