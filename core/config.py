@@ -18,7 +18,15 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 
 class ConfigError(ValueError):
@@ -77,6 +85,10 @@ class AugmentConfig(_Section):
     probability: float = Field(1.0, ge=0, le=1)
     snr_db: tuple[float, float] = (0.0, 20.0)
     mask_fill: Literal["noise", "constant"] = "noise"
+    pitch_semitones: tuple[int, int] = (-15, 15)  # PS range, CLAR 3.4
+    stretch_rates: tuple[float, float] = (0.5, 1.5)  # TST range, CLAR 3.4
+    vocoder_n_fft: int = Field(2048, ge=16)  # PS/TST phase vocoder (librosa default), hop /4
+    mix_max: float = Field(0.4, ge=0, le=1)  # MIX: partner weight uniform in [0, mix_max]
 
     @field_validator("pipeline")
     @classmethod
