@@ -300,6 +300,12 @@ class ExperimentConfig(_Section):
                 f"the global train.batch_size={self.train.batch_size} (keys are enqueued a "
                 f"whole global batch at a time)"
             )
+        if self.method.class_weights and self.method.name not in ("supervised", "clar"):
+            raise ValueError(
+                f"method.class_weights=true weighs a cross-entropy term, but method.name="
+                f"{self.method.name!r} has none; use method.name='supervised' or 'clar', or "
+                f"set method.class_weights=false"
+            )
         if self.data.split_scheme == "quaclrs" and self.data.fold is None:
             raise ValueError("data.split_scheme='quaclrs' needs data.fold (the test fold)")
         return self
