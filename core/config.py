@@ -106,11 +106,18 @@ class AugmentConfig(_Section):
             )
         return codes
 
-    @field_validator("snr_db")
+    @field_validator("snr_db", "pitch_semitones", "stretch_rates")
     @classmethod
-    def _ordered_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+    def _ordered_range(cls, value: tuple[float, float], info: ValidationInfo) -> tuple[float, float]:
         if value[0] > value[1]:
-            raise ValueError(f"snr_db range {value} is reversed; write it as [low, high]")
+            raise ValueError(f"{info.field_name} range {value} is reversed; write it as [low, high]")
+        return value
+
+    @field_validator("stretch_rates")
+    @classmethod
+    def _positive_rates(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if value[0] <= 0:
+            raise ValueError(f"stretch_rates {value} must be > 0 (rate 1 keeps the tempo)")
         return value
 
 

@@ -1,0 +1,665 @@
+"""Batched signal and spectrogram augmentations, on the batch's device, by short code.
+
+CLAR (section 3.4) applies six augmentations to the raw signal of each view; QUACLRS
+(section 4.5) adds fixed-setting variants and two spectrogram augmentations. Every trial
+of every sweep runs these on every batch, so each one is a pure function on a whole batch
+``(B, T)`` that draws its random parameters PER SAMPLE from a ``torch.Generator`` living on
+the batch's device: a seeded generator reproduces the batch exactly, and no sample of a
+batch shares another's parameters.
+
+Signal codes (what search spaces write):
+
+==========  ==========================================================================
+``PS``      pitch shift, integer semitones uniform in ``pitch_semitones`` ([-15, 15])
+``FD``      fade in and out, each up to half the clip, linear / log / exp shape
+``WN``      white noise at an SNR uniform in ``snr_db`` (0-20 dB)
+``MN``      white, pink (1/f) or brown (1/f^2) noise, SNR as for ``WN``
+``TM``      one masked segment of up to 1/8 of the clip (noise or zeros)
+``TS``      circular time shift of up to half the clip, either direction
+``TST``     time stretch, rate uniform in ``stretch_rates`` ([0.5, 1.5]), pitch kept
+``TST0.8``  QUACLRS fixed time stretch, rate 0.8 (slower, longer; cropped)
+``TST1.2``  QUACLRS fixed time stretch, rate 1.2 (faster, shorter; zero-padded)
+``PS+2``    QUACLRS fixed pitch shift, +2 semitones
+``PS-2``    QUACLRS fixed pitch shift, -2 semitones
+``WN5``     QUACLRS Gaussian noise at exactly 5 dB SNR
+``WN15``    QUACLRS Gaussian noise at exactly 15 dB SNR
+``MIX``     mixup with another clip of the batch, weight uniform in [0, ``mix_max``]
+==========  ==========================================================================
+
+Spectrogram codes (run after the front end, on ``(B, C, F, frames)``): ``SA`` SpecAugment
+(2 frequency + 2 time masks of width up to 20) and ``PA`` PatchAugment (5 patches of
+10 x 10 copied from one random place to another).
+
+Pitch shift and time stretch share one batched phase vocoder (see
+:func:`stretch_spectrogram`); it is where the time goes, so it avoids what makes the
+library versions slow: one STFT for the whole batch, per-sample frame positions gathered
+in one indexing op, the phase accumulated with a cumulative sum instead of a Python loop
+over frames, resampling with cached polyphase kernels between small integer rates, and on
+CPU chunks of clips small enough to stay in cache.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+import torchaudio
+from torch import Tensor
+
+from core.config import AugmentConfig
+
+SignalAugmentation = Callable[[Tensor, torch.Generator, AugmentConfig, int], Tensor]
+SpecAugmentation = Callable[[Tensor, torch.Generator, AugmentConfig], Tensor]
+
+# CPU work is done in chunks of this many clips: the phase vocoder's intermediate tensors
+# for 16 clips (16 x 32 frames x 1025 bins) fit in L2/L3, whereas whole-batch temporaries
+# of 30+ MB spend more time in page faults than in arithmetic on a 2-core machine.
+_CPU_CHUNK_CLIPS = 16
+
+
+# --- random draws ----------------------------------------------------------------------
+def _uniform(generator: torch.Generator, size: int, low: float, high: float, x: Tensor) -> Tensor:
+    """``size`` floats uniform in [low, high), drawn on x's device with ``generator``."""
+    draw = torch.rand(size, generator=generator, device=x.device, dtype=torch.float32)
+    return draw * (high - low) + low
+
+
+def _randint_upto(generator: torch.Generator, upper: Tensor) -> Tensor:
+    """Per-sample integers uniform in [0, upper[i]] (inclusive); ``upper`` is int64."""
+    draw = torch.rand(upper.shape, generator=generator, device=upper.device)
+    return torch.minimum((draw * (upper + 1).float()).long(), upper)
+
+
+def _check_batch(x: Tensor, code: str) -> None:
+    if x.dim() != 2:
+        raise ValueError(
+            f"augmentation {code!r} expects a batch of shape (B, T), got {tuple(x.shape)}; "
+            "use SignalPipeline for (B, 1, T) input"
+        )
+    if not x.is_floating_point():
+        raise TypeError(f"augmentation {code!r} expects floating-point audio, got {x.dtype}")
+
+
+def _chunks(batch: int, device: torch.device) -> list[slice]:
+    """Slices of the batch processed together: the whole batch on accelerators."""
+    step = batch if device.type != "cpu" else _CPU_CHUNK_CLIPS
+    return [slice(start, min(start + step, batch)) for start in range(0, batch, step)]
+
+
+# --- FD: fade in / out ------------------------------------------------------------------
+# Shapes as torchaudio.transforms.Fade defines them (the tests compare against it); index
+# 0 linear, 1 logarithmic, 2 exponential, drawn with probability 1/3 each (CLAR 3.4).
+FADE_SHAPES = ("linear", "logarithmic", "exponential")
+
+
+def fade_envelope(
+    length: int, fade_in: Tensor, fade_out: Tensor, shape: Tensor, device: torch.device
+) -> Tensor:
+    """Gain ``(B, length)`` for per-sample fade lengths and shape indices.
+
+    ``ramp`` runs 0 -> 1 over each fade exactly like ``torch.linspace(0, 1, n)``, so a fade of
+    n samples equals torchaudio's ``Fade(n, ...)`` sample for sample.
+    """
+    position = torch.arange(length, device=device, dtype=torch.float32)
+    fade_in = fade_in.float()[:, None]
+    fade_out = fade_out.float()[:, None]
+    ramp_in = (position / (fade_in - 1).clamp(min=1)).clamp(max=1.0)
+    ramp_in = torch.where(position < fade_in, ramp_in, torch.ones_like(ramp_in))
+    start_out = length - fade_out
+    ramp_out = ((position - start_out) / (fade_out - 1).clamp(min=1)).clamp(min=0.0)
+    ramp_out = torch.where(position >= start_out, ramp_out, torch.zeros_like(ramp_out))
+    shape = shape[:, None]
+    gain_in = torch.where(
+        shape == 0,
+        ramp_in,
+        torch.where(shape == 1, torch.log10(0.1 + ramp_in) + 1, torch.pow(2, ramp_in - 1) * ramp_in),
+    )
+    gain_out = torch.where(
+        shape == 0,
+        1 - ramp_out,
+        torch.where(
+            shape == 1, torch.log10(1.1 - ramp_out) + 1, torch.pow(2, -ramp_out) * (1 - ramp_out)
+        ),
+    )
+    # A fade-in of 0 samples leaves ramp_in = 1 everywhere, whose gain is 1 for every shape.
+    return (gain_in.clamp(0, 1) * gain_out.clamp(0, 1)).clamp_(0, 1)
+
+
+def fade(x: Tensor, generator: torch.Generator, cfg: AugmentConfig, sample_rate: int) -> Tensor:
+    """FD: fade-in and fade-out lengths each uniform in [0, T/2], shape 1/3 each."""
+    _check_batch(x, "FD")
+    batch, length = x.shape
+    half = torch.full((batch,), length // 2, device=x.device, dtype=torch.long)
+    fade_in = _randint_upto(generator, half)
+    fade_out = _randint_upto(generator, half)
+    shape = torch.randint(0, 3, (batch,), generator=generator, device=x.device)
+    return (x * fade_envelope(length, fade_in, fade_out, shape, x.device)).to(x.dtype)
+
+
+# --- WN / MN: noise at a drawn SNR -------------------------------------------------------
+def add_noise_at_snr(x: Tensor, noise: Tensor, snr_db: Tensor) -> Tensor:
+    """``x + g * noise`` with g chosen so that 10 log10(P_x / P_gnoise) equals ``snr_db``.
+
+    Both powers are measured per sample over the whole clip (the clean signal's power, as
+    CLAR describes), so the realised SNR is the drawn one up to rounding. A silent clip stays
+    silent (its power is 0, so is the noise's).
+    """
+    signal_power = x.float().pow(2).mean(dim=-1, keepdim=True)
+    noise_power = noise.pow(2).mean(dim=-1, keepdim=True).clamp(min=torch.finfo(torch.float32).tiny)
+    gain = torch.sqrt(signal_power / (noise_power * 10.0 ** (snr_db[:, None] / 10.0)))
+    return (x.float() + gain * noise).to(x.dtype)
+
+
+def colored_noise(
+    batch: int, length: int, exponent: Tensor, generator: torch.Generator, device: torch.device
+) -> Tensor:
+    """Noise with power spectrum ~ 1/f**exponent (0 white, 1 pink, 2 brown), per sample.
+
+    White Gaussian noise is shaped in the frequency domain (amplitude ~ f**(-exponent/2)),
+    which gives exact slopes of -3.01 dB/octave (pink) and -6.02 (brown); the DC bin is
+    dropped so brown noise does not drift.
+    """
+    white = torch.randn(batch, length, generator=generator, device=device)
+    spectrum = torch.fft.rfft(white, dim=-1)
+    freqs = torch.fft.rfftfreq(length, device=device)
+    log_f = torch.log(freqs.clamp(min=freqs[1] if length > 1 else 1.0))
+    amplitude = torch.exp(-0.5 * exponent.float()[:, None] * log_f)
+    amplitude[:, 0] = 0.0
+    return torch.fft.irfft(spectrum * amplitude, n=length, dim=-1)
+
+
+def white_noise(x: Tensor, generator: torch.Generator, cfg: AugmentConfig, sample_rate: int) -> Tensor:
+    """WN: white Gaussian noise at an SNR uniform in ``cfg.snr_db``."""
+    _check_batch(x, "WN")
+    snr = _uniform(generator, x.shape[0], *cfg.snr_db, x)
+    noise = torch.randn(x.shape, generator=generator, device=x.device)
+    return add_noise_at_snr(x, noise, snr)
+
+
+def mixed_noise(x: Tensor, generator: torch.Generator, cfg: AugmentConfig, sample_rate: int) -> Tensor:
+    """MN: white, pink or brown noise (1/3 each) at an SNR uniform in ``cfg.snr_db``."""
+    _check_batch(x, "MN")
+    batch, length = x.shape
+    snr = _uniform(generator, batch, *cfg.snr_db, x)
+    exponent = torch.randint(0, 3, (batch,), generator=generator, device=x.device)
+    noise = colored_noise(batch, length, exponent, generator, x.device)
+    return add_noise_at_snr(x, noise, snr)
+
+
+def _fixed_snr_noise(snr_db: float) -> SignalAugmentation:
+    def fixed_noise(
+        x: Tensor, generator: torch.Generator, cfg: AugmentConfig, sample_rate: int
+    ) -> Tensor:
+        _check_batch(x, f"WN{snr_db:g}")
+        snr = torch.full((x.shape[0],), float(snr_db), device=x.device)
+        noise = torch.randn(x.shape, generator=generator, device=x.device)
+        return add_noise_at_snr(x, noise, snr)
+
+    fixed_noise.__doc__ = f"QUACLRS noise addition: white Gaussian noise at {snr_db:g} dB SNR."
+    return fixed_noise
+
+
+# --- TM / TS: time masking and circular shift ---------------------------------------------
+def time_mask(x: Tensor, generator: torch.Generator, cfg: AugmentConfig, sample_rate: int) -> Tensor:
+    """TM: one segment of random length in [0, T/8] at a random position per sample.
+
+    ``mask_fill="noise"`` fills it with Gaussian noise at the clip's own RMS (so the mask
+    is as loud as the speech around it rather than unit-variance noise, which would swamp
+    audio in [-1, 1]); ``"constant"`` fills it with zeros.
+    """
+    _check_batch(x, "TM")
+    batch, length = x.shape
+    span = _randint_upto(generator, torch.full((batch,), length // 8, device=x.device))
+    start = _randint_upto(generator, length - span)
+    position = torch.arange(length, device=x.device)
+    inside = (position >= start[:, None]) & (position < (start + span)[:, None])
+    if cfg.mask_fill == "noise":
+        rms = x.float().pow(2).mean(dim=-1, keepdim=True).sqrt()
+        fill = (torch.randn(x.shape, generator=generator, device=x.device) * rms).to(x.dtype)
+    else:
+        fill = torch.zeros((), dtype=x.dtype, device=x.device)
+    return torch.where(inside, fill, x)
+
+
+def time_shift(x: Tensor, generator: torch.Generator, cfg: AugmentConfig, sample_rate: int) -> Tensor:
+    """TS: circular shift by an integer uniform in [-T/2, T/2] per sample (rollover)."""
+    _check_batch(x, "TS")
+    batch, length = x.shape
+    half = length // 2
+    shift = _randint_upto(generator, torch.full((batch,), 2 * half, device=x.device)) - half
+    source = (torch.arange(length, device=x.device)[None, :] - shift[:, None]) % length
+    return torch.gather(x, 1, source)
+
+
+# --- MIX ----------------------------------------------------------------------------------
+def mixup(x: Tensor, generator: torch.Generator, cfg: AugmentConfig, sample_rate: int) -> Tensor:
+    """MIX: ``(1 - w) x_i + w x_j`` with j another clip of the batch, w uniform in [0, mix_max].
+
+    Keeping w below 1/2 (default 0.4, the BYOL-A setting) keeps each view's identity, which
+    a contrastive loss needs: the mixed clip must remain the positive of its own source.
+    """
+    _check_batch(x, "MIX")
+    batch = x.shape[0]
+    if batch < 2:
+        return x.clone()
+    offset = 1 + _randint_upto(generator, torch.full((batch,), batch - 2, device=x.device))
+    partner = (torch.arange(batch, device=x.device) + offset) % batch
+    weight = _uniform(generator, batch, 0.0, cfg.mix_max, x)[:, None]
+    return ((1 - weight) * x.float() + weight * x.float()[partner]).to(x.dtype)
+
+
+# --- the batched phase vocoder --------------------------------------------------------------
+@lru_cache(maxsize=32)
+def _hann(n_fft: int, device: torch.device) -> Tensor:
+    return torch.hann_window(n_fft, periodic=True, device=device)
+
+
+@lru_cache(maxsize=64)
+def _ola_envelopes(n_fft: int, hop: int, max_frames: int, device: torch.device) -> Tensor:
+    """Row k: the sum of squared windows of the first k frames (overlap-add normaliser).
+
+    librosa's istft divides by the envelope of exactly the frames it synthesised; with
+    per-sample frame counts in one batch, each clip picks its own row of this table.
+    """
+    window_sq = _hann(n_fft, device).pow(2)
+    total = n_fft + hop * (max_frames - 1)
+    table = torch.zeros(max_frames + 1, total, device=device)
+    for count in range(1, max_frames + 1):  # built once per (n_fft, hop, frames), cached
+        start = hop * (count - 1)
+        table[count] = table[count - 1]
+        table[count, start : start + n_fft] += window_sq
+    return table
+
+
+def stft_frames(x: Tensor, n_fft: int) -> Tensor:
+    """Complex STFT ``(B, frames, bins)``, time-major, centred with zero padding (librosa's
+    ``pad_mode="constant"``), periodic Hann window, hop ``n_fft // 4``."""
+    spec = torch.stft(
+        x.float(),
+        n_fft,
+        hop_length=n_fft // 4,
+        window=_hann(n_fft, x.device),
+        center=True,
+        pad_mode="constant",
+        return_complex=True,
+    )
+    return spec.transpose(1, 2)  # torch returns bins with stride 1: this view is contiguous
+
+
+def stretch_spectrogram(spec: Tensor, rates: Tensor, out_frames: int, n_fft: int) -> Tensor:
+    """librosa's phase vocoder for a batch with one rate per clip, time-major.
+
+    ``spec`` is ``(B, N, bins)`` complex; output frame k reads input position ``k * rate``:
+    magnitudes are interpolated linearly between the two neighbouring frames and the phase
+    advances by their phase difference. librosa adds ``phi_advance + wrap(dphase -
+    phi_advance)`` per frame, which equals ``dphase`` modulo 2 pi, so the accumulated phase
+    is an exclusive cumulative sum of the gathered phase differences: no loop over frames.
+    Frames whose position falls past the input (rate > 1) are zero, as the truncated
+    librosa output zero-padded back to length would be.
+    """
+    batch, frames, bins = spec.shape
+    padded = F.pad(torch.view_as_real(spec), (0, 0, 0, 0, 0, 2))  # 2 silent frames, as librosa
+    real, imag = padded[..., 0], padded[..., 1]
+    magnitude = torch.hypot(real, imag)
+    angle = torch.atan2(imag, real)
+    positions = torch.arange(out_frames, device=spec.device, dtype=torch.float64)
+    steps = positions[None, :] * rates.double()[:, None]  # float64: exact like numpy.arange
+    valid = steps < frames
+    left = steps.floor().clamp(max=frames).long()
+    alpha = (steps - steps.floor()).float()[..., None]
+    row = (left + torch.arange(batch, device=spec.device)[:, None] * (frames + 2)).reshape(-1)
+    flat_mag = magnitude.reshape(-1, bins)
+    flat_ang = angle.reshape(-1, bins)
+    mag = (1 - alpha) * flat_mag[row].view(batch, out_frames, bins) + alpha * flat_mag[
+        row + 1
+    ].view(batch, out_frames, bins)
+    dphase = (flat_ang[row + 1] - flat_ang[row]).view(batch, out_frames, bins)
+    phase = torch.cumsum(dphase, dim=1) - dphase + angle[:, :1, :]
+    mag = mag * valid[..., None]
+    return torch.polar(mag, phase)
+
+
+def istft_frames(spec: Tensor, n_fft: int, frame_counts: Tensor, length: int) -> Tensor:
+    """Inverse of :func:`stft_frames` for ``(B, frames, bins)`` with per-clip frame counts.
+
+    Overlap-adds windowed inverse FFTs and divides each clip by the envelope of ITS OWN
+    frames (as librosa's ``istft`` of a shorter stretched spectrogram would), then drops the
+    centring pad and returns ``length`` samples, zero beyond each clip's own signal.
+    """
+    batch, frames, _ = spec.shape
+    hop = n_fft // 4
+    window = _hann(n_fft, spec.device)
+    segments = torch.fft.irfft(spec, n=n_fft, dim=-1) * window  # (B, frames, n_fft)
+    total = n_fft + hop * (frames - 1)
+    signal = F.fold(
+        segments.transpose(1, 2), output_size=(1, total), kernel_size=(1, n_fft), stride=(1, hop)
+    ).view(batch, total)
+    envelope = _ola_envelopes(n_fft, hop, frames, spec.device)[frame_counts]
+    tiny = torch.finfo(torch.float32).tiny
+    signal = torch.where(envelope > tiny, signal / envelope.clamp(min=tiny), signal)
+    signal = signal[:, n_fft // 2 : n_fft // 2 + length]
+    if signal.shape[1] < length:
+        signal = F.pad(signal, (0, length - signal.shape[1]))
+    return signal
+
+
+def time_stretch_batch(x: Tensor, rates: Tensor, n_fft: int = 2048) -> Tensor:
+    """Stretch each clip by its rate (>1 faster), keep pitch, crop or zero-pad to length T.
+
+    Equivalent to ``librosa.effects.time_stretch(y, rate)`` followed by cropping / zero
+    padding to ``len(y)``; only the frames that land inside the first T samples are built.
+    """
+    batch, length = x.shape
+    hop = n_fft // 4
+    # Output frame k covers samples [k hop - n_fft/2, k hop + n_fft/2): the later ones start
+    # after sample T and are never built.
+    out_frames = -(-(length + n_fft // 2) // hop)
+    out = torch.empty(batch, length, device=x.device, dtype=torch.float32)
+    for part in _chunks(batch, x.device):
+        spec = stft_frames(x[part], n_fft)
+        in_frames = spec.shape[1]
+        rate = rates[part].double()
+        # librosa synthesises len(arange(0, N, rate)) frames, then keeps round(T / rate)
+        # samples; the rest of the original length is zero padding.
+        own_frames = torch.ceil(in_frames / rate).long().clamp(max=out_frames)
+        own_length = torch.round(length / rate).long()
+        stretched = stretch_spectrogram(spec, rates[part], out_frames, n_fft)
+        wave = istft_frames(stretched, n_fft, own_frames, length)
+        keep = torch.arange(length, device=x.device)[None, :] < own_length[:, None]
+        out[part] = wave * keep
+    return out.to(x.dtype)
+
+
+def time_stretch(x: Tensor, generator: torch.Generator, cfg: AugmentConfig, sample_rate: int) -> Tensor:
+    """TST: rate uniform in ``cfg.stretch_rates`` per clip, pitch kept, length kept."""
+    _check_batch(x, "TST")
+    rates = _uniform(generator, x.shape[0], *cfg.stretch_rates, x)
+    return time_stretch_batch(x, rates, cfg.vocoder_n_fft)
+
+
+def _fixed_stretch(rate: float) -> SignalAugmentation:
+    def fixed_stretch(
+        x: Tensor, generator: torch.Generator, cfg: AugmentConfig, sample_rate: int
+    ) -> Tensor:
+        _check_batch(x, f"TST{rate:g}")
+        rates = torch.full((x.shape[0],), rate, device=x.device)
+        return time_stretch_batch(x, rates, cfg.vocoder_n_fft)
+
+    fixed_stretch.__doc__ = f"QUACLRS time stretch at rate {rate:g} (librosa's time_stretch)."
+    return fixed_stretch
+
+
+# --- PS: pitch shift = stretch by q/p, then resample p -> q --------------------------------
+@lru_cache(maxsize=128)
+def semitone_ratio(semitones: int, max_term: int = 64) -> tuple[int, int]:
+    """Small integers (p, q) with p / q closest to 2**(semitones / 12), both <= max_term.
+
+    Resampling between small integer rates needs a polyphase kernel of only p phases; the
+    rounding moves pitch by at most 3.8 cents (0.22 %) over [-15, 15], below what listeners
+    notice (~5-10 cents). torchaudio's pitch_shift instead resamples between sr / rate and
+    sr, whose reduced fraction has thousands of phases: that is why it is 13-50x slower.
+    """
+    target = 2.0 ** (semitones / 12.0)
+    best = (math.inf, 1, 1)
+    for q in range(1, max_term + 1):
+        p = round(target * q)
+        if 1 <= p <= max_term:
+            cents = abs(1200 * math.log2(p / q / target))
+            if cents < best[0] - 1e-12:
+                best = (cents, p, q)
+    return best[1], best[2]
+
+
+_RESAMPLERS: dict[tuple[int, int, str], torchaudio.transforms.Resample] = {}
+
+
+def _resampler(orig: int, new: int, device: torch.device) -> torchaudio.transforms.Resample:
+    """A cached resampling module: its sinc kernel is built once per (rates, device)."""
+    key = (orig, new, str(device))
+    if key not in _RESAMPLERS:
+        _RESAMPLERS[key] = torchaudio.transforms.Resample(
+            orig, new, resampling_method="sinc_interp_kaiser", lowpass_filter_width=16,
+            rolloff=0.945, beta=14.769656459379492,
+        ).to(device)
+    return _RESAMPLERS[key]
+
+
+def pitch_shift_batch(x: Tensor, semitones: Tensor, n_fft: int = 2048) -> Tensor:
+    """Shift each clip by its integer number of semitones, keeping its duration.
+
+    As librosa: time-stretch by 1/ratio (longer for upward shifts), then resample back to the
+    original duration. One STFT of the whole batch; then per distinct semitone (at most 31
+    groups, never per clip) the phase vocoder, inverse STFT and a cached resampler.
+    """
+    batch, length = x.shape
+    hop = n_fft // 4
+    out = torch.empty(batch, length, device=x.device, dtype=torch.float32)
+    values = semitones.tolist()  # one host sync per batch, to group by semitone
+    for value in sorted(set(values)):
+        members = torch.nonzero(semitones == value).squeeze(1)
+        if value == 0:
+            out[members] = x[members].float()
+            continue
+        p, q = semitone_ratio(int(value))
+        rate = q / p  # stretch rate: < 1 lengthens, for an upward shift
+        stretched_length = int(round(length / rate))
+        in_frames = length // hop + 1
+        out_frames = math.ceil(in_frames / rate)
+        for part in _chunks(members.numel(), x.device):
+            group = members[part]
+            spec = stft_frames(x[group], n_fft)
+            rates = torch.full((group.numel(),), rate, device=x.device)
+            stretched = stretch_spectrogram(spec, rates, out_frames, n_fft)
+            counts = torch.full((group.numel(),), out_frames, device=x.device, dtype=torch.long)
+            wave = istft_frames(stretched, n_fft, counts, stretched_length)
+            shifted = _resampler(p, q, x.device)(wave)
+            if shifted.shape[1] < length:
+                shifted = F.pad(shifted, (0, length - shifted.shape[1]))
+            out[group] = shifted[:, :length]
+    return out.to(x.dtype)
+
+
+def pitch_shift(x: Tensor, generator: torch.Generator, cfg: AugmentConfig, sample_rate: int) -> Tensor:
+    """PS: integer semitones uniform in ``cfg.pitch_semitones`` (CLAR: [-15, 15])."""
+    _check_batch(x, "PS")
+    low, high = cfg.pitch_semitones
+    semitones = torch.randint(low, high + 1, (x.shape[0],), generator=generator, device=x.device)
+    return pitch_shift_batch(x, semitones, cfg.vocoder_n_fft)
+
+
+def _fixed_pitch(semitones: int) -> SignalAugmentation:
+    def fixed_pitch(
+        x: Tensor, generator: torch.Generator, cfg: AugmentConfig, sample_rate: int
+    ) -> Tensor:
+        _check_batch(x, f"PS{semitones:+d}")
+        steps = torch.full((x.shape[0],), semitones, device=x.device, dtype=torch.long)
+        return pitch_shift_batch(x, steps, cfg.vocoder_n_fft)
+
+    fixed_pitch.__doc__ = f"QUACLRS pitch shift by {semitones:+d} semitones."
+    return fixed_pitch
+
+
+# --- spectrogram augmentations -----------------------------------------------------------
+SPEC_MASKS = 2  # QUACLRS: 2 time + 2 frequency masks
+SPEC_MASK_MAX_WIDTH = 20
+PATCHES = 5  # QUACLRS PatchAugment: 5 patches of 10 x 10
+PATCH_SIZE = 10
+
+
+def _check_spec(x: Tensor, code: str) -> None:
+    if x.dim() != 4:
+        raise ValueError(
+            f"spectrogram augmentation {code!r} expects (B, C, F, frames), got {tuple(x.shape)}"
+        )
+
+
+def spec_augment(x: Tensor, generator: torch.Generator, cfg: AugmentConfig) -> Tensor:
+    """SA: 2 frequency and 2 time masks per clip, each of width uniform in [0, 20].
+
+    Masked cells take the clip's per-channel mean: features here are log-power in dB, where
+    0 is an arbitrary level, so the mean is the neutral value SpecAugment's 0 stands for on
+    normalised features. The same mask covers every channel of a clip.
+    """
+    _check_spec(x, "SA")
+    batch, _, bins, frames = x.shape
+    masked = torch.zeros(batch, 1, bins, frames, dtype=torch.bool, device=x.device)
+    for size, axis in ((bins, 2), (frames, 3)):
+        index = torch.arange(size, device=x.device)
+        for _ in range(SPEC_MASKS):
+            width = _randint_upto(
+                generator, torch.full((batch,), min(SPEC_MASK_MAX_WIDTH, size), device=x.device)
+            )
+            start = _randint_upto(generator, size - width)
+            band = (index >= start[:, None]) & (index < (start + width)[:, None])
+            shape = [batch, 1, 1, 1]
+            shape[axis] = size
+            masked |= band.view(shape)
+    mean = x.mean(dim=(2, 3), keepdim=True)
+    return torch.where(masked, mean, x)
+
+
+def patch_augment(x: Tensor, generator: torch.Generator, cfg: AugmentConfig) -> Tensor:
+    """PA: 5 patches of 10 x 10 per clip, each copied from a random place to another.
+
+    Built as one source-index map per clip and a single gather, so all channels move
+    together and patches are read from the unmodified input.
+    """
+    _check_spec(x, "PA")
+    batch, channels, bins, frames = x.shape
+    height, width = min(PATCH_SIZE, bins), min(PATCH_SIZE, frames)
+    f = torch.arange(bins, device=x.device).view(1, bins, 1)
+    t = torch.arange(frames, device=x.device).view(1, 1, frames)
+    source = (f * frames + t).expand(batch, bins, frames)
+
+    def corner(size: int, extent: int) -> Tensor:
+        return _randint_upto(generator, torch.full((batch,), size - extent, device=x.device))
+
+    for _ in range(PATCHES):
+        f_src, t_src = corner(bins, height), corner(frames, width)
+        f_dst, t_dst = corner(bins, height), corner(frames, width)
+        f_dst_, t_dst_ = f_dst.view(-1, 1, 1), t_dst.view(-1, 1, 1)
+        inside = (f >= f_dst_) & (f < f_dst_ + height) & (t >= t_dst_) & (t < t_dst_ + width)
+        moved = (f - f_dst_ + f_src.view(-1, 1, 1)) * frames + (t - t_dst_ + t_src.view(-1, 1, 1))
+        source = torch.where(inside, moved, source)
+    flat = x.reshape(batch, channels, bins * frames)
+    index = source.reshape(batch, 1, bins * frames).expand(batch, channels, bins * frames)
+    return torch.gather(flat, 2, index).view_as(x)
+
+
+# --- registries ---------------------------------------------------------------------------
+SIGNAL_AUGMENTATIONS: dict[str, SignalAugmentation] = {
+    "PS": pitch_shift,
+    "FD": fade,
+    "WN": white_noise,
+    "MN": mixed_noise,
+    "TM": time_mask,
+    "TS": time_shift,
+    "TST": time_stretch,
+    "TST0.8": _fixed_stretch(0.8),
+    "TST1.2": _fixed_stretch(1.2),
+    "PS+2": _fixed_pitch(2),
+    "PS-2": _fixed_pitch(-2),
+    "WN5": _fixed_snr_noise(5.0),
+    "WN15": _fixed_snr_noise(15.0),
+    "MIX": mixup,
+}
+
+SPEC_AUGMENTATIONS: dict[str, SpecAugmentation] = {
+    "SA": spec_augment,
+    "PA": patch_augment,
+}
+
+
+# --- pipelines ----------------------------------------------------------------------------
+def _apply_with_probability(
+    x: Tensor, generator: torch.Generator, probability: float, apply: Callable[[Tensor], Tensor]
+) -> Tensor:
+    """Apply ``apply`` to each clip with ``probability``; only the chosen clips are computed."""
+    if probability >= 1.0:
+        return apply(x)
+    chosen = torch.rand(x.shape[0], generator=generator, device=x.device) < probability
+    index = torch.nonzero(chosen).squeeze(1)
+    if index.numel() == 0:
+        return x
+    return x.index_copy(0, index, apply(x[index]))
+
+
+class SignalPipeline(torch.nn.Module):
+    """Ordered signal augmentations (``["FD", "TM"]`` = FD then TM) for one view.
+
+    Takes ``(B, T)`` or ``(B, 1, T)`` and returns the same shape, dtype and device. Each
+    augmentation is applied to each clip with ``cfg.probability`` (1.0 for the CLAR matrix,
+    which measures the augmentation itself).
+    """
+
+    def __init__(self, cfg: AugmentConfig, sample_rate: int, codes: Sequence[str] | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.sample_rate = sample_rate
+        self.codes = list(cfg.pipeline if codes is None else codes)
+        unknown = [code for code in self.codes if code not in SIGNAL_AUGMENTATIONS]
+        if unknown:
+            raise ValueError(
+                f"augment.pipeline: unknown code(s) {unknown}; valid: "
+                f"{', '.join(sorted(SIGNAL_AUGMENTATIONS))}"
+            )
+
+    def forward(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        if x.dim() == 3 and x.shape[1] == 1:
+            return self.forward(x[:, 0], generator)[:, None]
+        if x.dim() != 2:
+            raise ValueError(f"SignalPipeline expects (B, T) or (B, 1, T), got {tuple(x.shape)}")
+        for code in self.codes:
+            function = SIGNAL_AUGMENTATIONS[code]
+            x = _apply_with_probability(
+                x,
+                generator,
+                self.cfg.probability,
+                lambda clips, fn=function: fn(clips, generator, self.cfg, self.sample_rate),
+            )
+        return x
+
+    def extra_repr(self) -> str:
+        return f"codes={self.codes}, probability={self.cfg.probability}"
+
+
+class SpecPipeline(torch.nn.Module):
+    """Ordered spectrogram augmentations on ``(B, C, F, frames)``, after the front end."""
+
+    def __init__(self, cfg: AugmentConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.codes = list(cfg.spec_pipeline)
+        unknown = [code for code in self.codes if code not in SPEC_AUGMENTATIONS]
+        if unknown:
+            raise ValueError(
+                f"augment.spec_pipeline: unknown code(s) {unknown}; valid: "
+                f"{', '.join(sorted(SPEC_AUGMENTATIONS))}"
+            )
+
+    def forward(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        for code in self.codes:
+            function = SPEC_AUGMENTATIONS[code]
+            x = _apply_with_probability(
+                x,
+                generator,
+                self.cfg.probability,
+                lambda maps, fn=function: fn(maps, generator, self.cfg),
+            )
+        return x
+
+    def extra_repr(self) -> str:
+        return f"codes={self.codes}, probability={self.cfg.probability}"
+
+
+def build_signal_pipeline(cfg: AugmentConfig, sample_rate: int) -> SignalPipeline:
+    """The signal pipeline of ``cfg.pipeline`` for audio at ``sample_rate``."""
+    return SignalPipeline(cfg, sample_rate)
+
+
+def build_spec_pipeline(cfg: AugmentConfig) -> SpecPipeline:
+    """The spectrogram pipeline of ``cfg.spec_pipeline``."""
+    return SpecPipeline(cfg)

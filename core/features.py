@@ -1,0 +1,300 @@
+"""Front ends: raw audio for the 1D encoder, time-frequency features for the 2D one.
+
+CLAR (section 3.1) feeds the 2D ResNet three stacked channels computed on the GPU with
+nnAudio's convolutional STFT: the log-power STFT magnitude, the log-power mel spectrogram
+and the STFT phase, ``(B, 3, F, frames)``. QUACLRS (Table 2) uses a log-mel spectrogram.
+Front ends are ``nn.Module``\\ s built once per worker; the caller moves them to the batch's
+device, where all the work then happens, batched.
+
+Named settings fill the parameters a config leaves as ``None``:
+
+================  =======  =====  ========  =======  ========================================
+setting           n_fft    hop    bins      mels     notes
+================  =======  =====  ========  =======  ========================================
+``paper``         256      128    128 lin   128      16 ms / 8 ms at 16 kHz (CLAR 3.1)
+``authors_code``  2048     128    128 log   128      log-spaced STFT bins, 40-8000 Hz
+``quaclrs``       2048     512    128 log   128      mels 20-8000 Hz (QUACLRS, 48 kHz input)
+================  =======  =====  ========  =======  ========================================
+
+Log power is ``10 log10(max(|S|^2, log_floor))`` (CLAR Eq. 2) for both the STFT magnitude
+and the mel spectrogram (a mel spectrogram is already a power, so it is not squared again).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from nnAudio.features import STFT as NnAudioSTFT
+from nnAudio.librosa_functions import get_mel
+from torch import Tensor
+
+from core.config import FrontendConfig
+
+SETTINGS: dict[str, dict[str, Any]] = {
+    "paper": {
+        "n_fft": 256, "hop_length": 128, "win_length": 256, "n_mels": 128, "n_bins": 128,
+        "fmin": 0.0, "fmax": None, "bin_scale": "linear",
+    },
+    "authors_code": {
+        "n_fft": 2048, "hop_length": 128, "win_length": 2048, "n_mels": 128, "n_bins": 128,
+        "fmin": 40.0, "fmax": 8000.0, "bin_scale": "log",
+    },
+    "quaclrs": {
+        "n_fft": 2048, "hop_length": 512, "win_length": 2048, "n_mels": 128, "n_bins": 128,
+        "fmin": 20.0, "fmax": 8000.0, "bin_scale": "log",
+    },
+}
+
+
+def resolve_setting(cfg: FrontendConfig, sample_rate: int) -> dict[str, Any]:
+    """The setting's defaults, overridden by every field the config sets explicitly."""
+    params = dict(SETTINGS[cfg.setting])
+    for field in ("n_fft", "hop_length", "win_length", "n_mels", "n_bins", "fmin", "fmax"):
+        value = getattr(cfg, field)
+        if value is not None:
+            params[field] = value
+    if params["fmax"] is None:
+        params["fmax"] = sample_rate / 2
+    if cfg.win_length is None and cfg.n_fft is not None:
+        params["win_length"] = params["n_fft"]
+    nyquist = sample_rate / 2
+    if not 0 <= params["fmin"] < params["fmax"] <= nyquist:
+        raise ValueError(
+            f"frontend: need 0 <= fmin < fmax <= sample_rate/2 = {nyquist:g} Hz, got "
+            f"fmin={params['fmin']}, fmax={params['fmax']} (setting {cfg.setting!r}); set "
+            "frontend.fmin / frontend.fmax or data.sample_rate"
+        )
+    if params["win_length"] > params["n_fft"]:
+        raise ValueError(
+            f"frontend.win_length={params['win_length']} exceeds n_fft={params['n_fft']}"
+        )
+    if params["bin_scale"] == "linear" and params["n_bins"] > params["n_fft"] // 2 + 1:
+        raise ValueError(
+            f"frontend.n_bins={params['n_bins']} exceeds the {params['n_fft'] // 2 + 1} linear "
+            f"bins of n_fft={params['n_fft']}; lower n_bins or raise n_fft"
+        )
+    return params
+
+
+def log_power(power: Tensor, floor: float) -> Tensor:
+    """``10 log10(power)`` with a floor, so silent cells give a finite value (CLAR Eq. 2)."""
+    return 10.0 * torch.log10(power.clamp(min=floor))
+
+
+class FrontEnd(torch.nn.Module):
+    """Base: shape checks, float32 maths under autocast, optional per-frequency norm.
+
+    ``out_channels`` is what the encoder's first layer must accept. With ``normalize``,
+    :meth:`fit_normalization` must be called on training-split batches first; its per
+    (channel, frequency) mean and std are buffers, saved with the model's state dict.
+    """
+
+    out_channels: int = 1
+
+    def __init__(self, normalize: bool = False, bins: int = 0):
+        super().__init__()
+        self.normalize = normalize
+        self.register_buffer("norm_mean", torch.zeros(self.out_channels, max(bins, 1), 1))
+        self.register_buffer("norm_std", torch.ones(self.out_channels, max(bins, 1), 1))
+        self.register_buffer("norm_fitted", torch.tensor(False))
+
+    def features(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() == 3 and x.shape[1] == 1:
+            x = x[:, 0]
+        if x.dim() != 2:
+            raise ValueError(
+                f"{type(self).__name__} expects audio (B, T) or (B, 1, T), got {tuple(x.shape)}"
+            )
+        # Log powers of tiny values lose everything in half precision: compute in float32.
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            out = self.features(x.float())
+            if self.normalize:
+                if not bool(self.norm_fitted):
+                    raise RuntimeError(
+                        "frontend.normalize is on but no statistics were fitted: call "
+                        "fit_normalization() on training-split batches first"
+                    )
+                out = (out - self.norm_mean) / self.norm_std
+        return out
+
+    @torch.no_grad()
+    def fit_normalization(self, batches: Iterable[Tensor]) -> None:
+        """Per (channel, frequency) mean and std over all clips and frames of ``batches``.
+
+        Accumulates sums in float64 so a whole training split can stream through.
+        """
+        total = squares = None
+        count = 0
+        normalize, self.normalize = self.normalize, False
+        try:
+            for batch in batches:
+                feats = self(batch).double()  # (B, C, F, frames)
+                part_sum = feats.sum(dim=(0, 3))
+                part_sq = feats.pow(2).sum(dim=(0, 3))
+                total = part_sum if total is None else total + part_sum
+                squares = part_sq if squares is None else squares + part_sq
+                count += feats.shape[0] * feats.shape[3]
+        finally:
+            self.normalize = normalize
+        if total is None or count == 0:
+            raise ValueError("fit_normalization got no batches: pass the training split")
+        mean = total / count
+        std = (squares / count - mean.pow(2)).clamp(min=0).sqrt().clamp(min=1e-5)
+        self.norm_mean = mean[..., None].float()
+        self.norm_std = std[..., None].float()
+        self.norm_fitted = torch.tensor(True, device=self.norm_mean.device)
+
+
+class RawAudio(FrontEnd):
+    """``raw1d``: the waveform itself as ``(B, 1, T)`` for the 1D encoder."""
+
+    out_channels = 1
+
+    def __init__(self) -> None:
+        super().__init__(normalize=False)
+
+    def features(self, x: Tensor) -> Tensor:
+        return x[:, None]
+
+
+class _ConvSTFT(torch.nn.Module):
+    """nnAudio's STFT kernels (windowed sines and cosines), applied as ONE convolution.
+
+    nnAudio builds the kernels (periodic Hann window, linear or log-spaced bins, matching
+    ``torch.stft`` to ~2e-5) and runs two convolutions; stacking the cosine and sine
+    kernels into one weight halves the passes over the input. Convolutional STFTs are what
+    CLAR ran on GPU; they give any bin spacing, which ``torch.stft`` cannot.
+    """
+
+    def __init__(self, params: dict[str, Any], sample_rate: int, bins: int, scale: str):
+        super().__init__()
+        n_fft = params["n_fft"]
+        layer = NnAudioSTFT(
+            n_fft=n_fft,
+            win_length=params["win_length"],
+            freq_bins=bins,
+            hop_length=params["hop_length"],
+            window="hann",
+            freq_scale="no" if scale == "full" else scale,
+            center=True,
+            pad_mode="reflect",
+            fmin=params["fmin"],
+            fmax=params["fmax"],
+            sr=sample_rate,
+            output_format="Complex",
+            verbose=False,
+        )
+        self.bins = layer.wcos.shape[0]
+        self.register_buffer("kernel", torch.cat([layer.wcos, layer.wsin], dim=0).float())
+        self.register_buffer("bin_freqs", torch.tensor(layer.bins2freq, dtype=torch.float32))
+        self.hop = params["hop_length"]
+        self.pad = n_fft // 2
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Real and imaginary parts ``(B, bins, frames)`` of the centred STFT."""
+        if x.shape[-1] <= self.pad:
+            raise ValueError(
+                f"clips of {x.shape[-1]} samples are shorter than the reflect padding "
+                f"{self.pad} (n_fft/2); lower frontend.n_fft or lengthen data.clip_seconds"
+            )
+        padded = F.pad(x[:, None], (self.pad, self.pad), mode="reflect")
+        out = F.conv1d(padded, self.kernel, stride=self.hop)
+        return out[:, : self.bins], -out[:, self.bins :]
+
+
+class STFT3(FrontEnd):
+    """``stft3``: log-power STFT magnitude, log-power mel, STFT phase, ``(B, 3, F, frames)``.
+
+    With ``channels=1`` only the log-mel channel is returned. With linear bins the mel
+    spectrogram reuses the STFT's power (one transform); with log-spaced bins (the
+    authors' code) the mel needs its own linear STFT of the same window and hop.
+    """
+
+    def __init__(self, cfg: FrontendConfig, sample_rate: int):
+        self.params = resolve_setting(cfg, sample_rate)
+        self.out_channels = cfg.channels
+        params = self.params
+        if cfg.channels == 3 and params["n_bins"] != params["n_mels"]:
+            raise ValueError(
+                f"stft3 stacks STFT bins and mels as channels, so frontend.n_bins "
+                f"({params['n_bins']}) must equal frontend.n_mels ({params['n_mels']})"
+            )
+        super().__init__(cfg.normalize, params["n_mels"])
+        self.log_floor = cfg.log_floor
+        n_fft = params["n_fft"]
+        self.linear = _ConvSTFT(params, sample_rate, n_fft // 2 + 1, "full")
+        if params["bin_scale"] == "log":
+            self.binned: _ConvSTFT | None = _ConvSTFT(params, sample_rate, params["n_bins"], "log")
+        else:
+            self.binned = None
+        mel = get_mel(
+            sample_rate, n_fft, params["n_mels"], params["fmin"], params["fmax"], htk=False,
+            norm=1,
+        )
+        self.register_buffer("mel_basis", torch.as_tensor(mel, dtype=torch.float32))
+
+    def features(self, x: Tensor) -> Tensor:
+        real, imag = self.linear(x)
+        power = real.square() + imag.square()
+        mel = log_power(torch.matmul(self.mel_basis, power), self.log_floor)
+        if self.out_channels == 1:
+            return mel[:, None]
+        if self.binned is not None:
+            real, imag = self.binned(x)
+            power = real.square() + imag.square()
+        bins = self.params["n_bins"]
+        real, imag, power = real[:, :bins], imag[:, :bins], power[:, :bins]
+        stft = log_power(power, self.log_floor)
+        phase = torch.atan2(imag, real)
+        return torch.stack([stft, mel, phase], dim=1)
+
+
+class LogMel(FrontEnd):
+    """``mel``: log-power mel spectrogram (QUACLRS), 1 channel or the same one x3.
+
+    Three identical channels let an ImageNet-shaped backbone take it unchanged.
+    """
+
+    def __init__(self, cfg: FrontendConfig, sample_rate: int):
+        self.params = resolve_setting(cfg, sample_rate)
+        self.out_channels = cfg.channels
+        super().__init__(cfg.normalize, self.params["n_mels"])
+        self.log_floor = cfg.log_floor
+        n_fft = self.params["n_fft"]
+        self.linear = _ConvSTFT(self.params, sample_rate, n_fft // 2 + 1, "full")
+        mel = get_mel(
+            sample_rate, n_fft, self.params["n_mels"], self.params["fmin"], self.params["fmax"],
+            htk=False, norm=1,
+        )
+        self.register_buffer("mel_basis", torch.as_tensor(mel, dtype=torch.float32))
+
+    def features(self, x: Tensor) -> Tensor:
+        real, imag = self.linear(x)
+        mel = log_power(torch.matmul(self.mel_basis, real.square() + imag.square()), self.log_floor)
+        return mel[:, None].expand(-1, self.out_channels, -1, -1).contiguous()
+
+
+def _raw(cfg: FrontendConfig, sample_rate: int) -> FrontEnd:
+    return RawAudio()
+
+
+FRONTENDS: dict[str, Any] = {
+    "raw1d": _raw,
+    "stft3": STFT3,
+    "mel": LogMel,
+}
+
+
+def build_frontend(cfg: FrontendConfig, sample_rate: int) -> FrontEnd:
+    """The front end named by ``cfg.name``, on CPU; the caller moves it ``.to(device)``."""
+    if cfg.name not in FRONTENDS:
+        raise ValueError(
+            f"frontend.name={cfg.name!r} is unknown; valid: {', '.join(sorted(FRONTENDS))}"
+        )
+    return FRONTENDS[cfg.name](cfg, sample_rate)
