@@ -335,28 +335,34 @@ def dino_center_update(center: Tensor, teacher_logits: list[Tensor], momentum: f
 
 
 # --- SwAV -----------------------------------------------------------------------------------
+def _global_logsumexp(values: Tensor, dim: int) -> Tensor:
+    """``logsumexp`` along a dimension split across workers (the batch), no gradient."""
+    if world_size() == 1:
+        return torch.logsumexp(values, dim=dim, keepdim=True)
+    peak = values.amax(dim=dim, keepdim=True)
+    dist.all_reduce(peak, op=dist.ReduceOp.MAX)
+    total = torch.exp(values - peak).sum(dim=dim, keepdim=True)
+    dist.all_reduce(total)
+    return peak + torch.log(total)
+
+
 @torch.no_grad()
 def sinkhorn(scores: Tensor, epsilon: float = 0.05, iterations: int = 3) -> Tensor:
     """Sinkhorn-Knopp codes for SwAV: equipartition of the global batch over prototypes.
 
-    Returns ``(B, K)`` soft assignments whose rows sum to 1. Row/column sums are
-    all-reduced so the partition constraint holds over the global batch. Scores are
-    shifted by their global max before ``exp`` (cancels in the normalisation) so small
-    ``epsilon`` cannot overflow.
+    Returns ``(B, K)`` soft assignments whose rows sum to 1, with every prototype getting
+    an equal share of the global batch. The iterations run in the log domain: the same
+    fixed point as SwAV's ``exp(scores / epsilon)`` version, but ``exp`` of a large
+    ``scores / epsilon`` can neither overflow nor underflow a whole prototype to 0/0.
+    Sums over the batch are all-reduced, so the constraint holds over all workers.
     """
-    scores = scores.float()
-    shift = scores.max()
-    if world_size() > 1:
-        dist.all_reduce(shift, op=dist.ReduceOp.MAX)
-    codes = torch.exp((scores - shift) / epsilon).T  # (K, B)
-    codes /= all_reduce_sum(codes.sum())
-    prototypes, batch = codes.shape[0], codes.shape[1] * world_size()
+    log_codes = scores.float().T / epsilon  # (K, B_local)
+    prototypes, batch = log_codes.shape[0], log_codes.shape[1] * world_size()
     for _ in range(iterations):
-        codes /= all_reduce_sum(codes.sum(dim=1, keepdim=True))
-        codes /= prototypes
-        codes /= codes.sum(dim=0, keepdim=True)
-        codes /= batch
-    return (codes * batch).T
+        # Each prototype gets mass 1/K over the global batch, each sample mass 1/B.
+        log_codes = log_codes - _global_logsumexp(log_codes, dim=1) - math.log(prototypes)
+        log_codes = log_codes - torch.logsumexp(log_codes, dim=0, keepdim=True) - math.log(batch)
+    return torch.exp(log_codes + math.log(batch)).T
 
 
 @fp32
