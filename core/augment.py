@@ -95,48 +95,55 @@ def _chunks(batch: int, device: torch.device) -> list[slice]:
 FADE_SHAPES = ("linear", "logarithmic", "exponential")
 
 
-def fade_envelope(
-    length: int, fade_in: Tensor, fade_out: Tensor, shape: Tensor, device: torch.device
-) -> Tensor:
-    """Gain ``(B, length)`` for per-sample fade lengths and shape indices.
+def fade_in_gain(positions: int, lengths: Tensor, shape: Tensor) -> Tensor:
+    """Fade-in gain ``(B, positions)`` for per-sample fade lengths and shape indices.
 
-    ``ramp`` runs 0 -> 1 over each fade exactly like ``torch.linspace(0, 1, n)``, so a fade of
-    n samples equals torchaudio's ``Fade(n, ...)`` sample for sample.
+    The ramp runs 0 -> 1 over each fade exactly like ``torch.linspace(0, 1, n)`` and is 1
+    after it, so a fade of n samples equals torchaudio's ``Fade(n, ...)`` sample for sample.
+    torchaudio's fade-out gain at ramp r equals its fade-in gain at 1 - r for all three
+    shapes, so a fade-out is this gain reversed in time (see :func:`fade`).
     """
-    position = torch.arange(length, device=device, dtype=torch.float32)
-    fade_in = fade_in.float()[:, None]
-    fade_out = fade_out.float()[:, None]
-    ramp_in = (position / (fade_in - 1).clamp(min=1)).clamp(max=1.0)
-    ramp_in = torch.where(position < fade_in, ramp_in, torch.ones_like(ramp_in))
-    start_out = length - fade_out
-    ramp_out = ((position - start_out) / (fade_out - 1).clamp(min=1)).clamp(min=0.0)
-    ramp_out = torch.where(position >= start_out, ramp_out, torch.zeros_like(ramp_out))
+    index = torch.arange(positions, device=lengths.device, dtype=torch.float32)
+    lengths = lengths.float()[:, None]
+    ramp = (index * (1.0 / (lengths - 1).clamp(min=1))).clamp_(max=1.0)
+    ramp = torch.where(index < lengths, ramp, 1.0)
     shape = shape[:, None]
-    gain_in = torch.where(
-        shape == 0,
-        ramp_in,
-        torch.where(shape == 1, torch.log10(0.1 + ramp_in) + 1, torch.pow(2, ramp_in - 1) * ramp_in),
-    )
-    gain_out = torch.where(
-        shape == 0,
-        1 - ramp_out,
-        torch.where(
-            shape == 1, torch.log10(1.1 - ramp_out) + 1, torch.pow(2, -ramp_out) * (1 - ramp_out)
-        ),
-    )
-    # A fade-in of 0 samples leaves ramp_in = 1 everywhere, whose gain is 1 for every shape.
-    return (gain_in.clamp(0, 1) * gain_out.clamp(0, 1)).clamp_(0, 1)
+    logarithmic = torch.log10(ramp + 0.1).add_(1.0)
+    exponential = torch.pow(2.0, ramp - 1).mul_(ramp)
+    gain = torch.where(shape == 0, ramp, torch.where(shape == 1, logarithmic, exponential))
+    return gain.clamp_(0.0, 1.0)
 
 
 def fade(x: Tensor, generator: torch.Generator, cfg: AugmentConfig, sample_rate: int) -> Tensor:
-    """FD: fade-in and fade-out lengths each uniform in [0, T/2], shape 1/3 each."""
+    """FD: fade-in and fade-out lengths each uniform in [0, T/2], shape 1/3 each (CLAR 3.4).
+
+    One shape per clip for both ends. Gains are only computed on the half of the clip each
+    fade can reach, in cache-sized chunks of clips on CPU.
+    """
     _check_batch(x, "FD")
     batch, length = x.shape
-    half = torch.full((batch,), length // 2, device=x.device, dtype=torch.long)
-    fade_in = _randint_upto(generator, half)
-    fade_out = _randint_upto(generator, half)
+    half = length // 2
+    limit = torch.full((batch,), half, device=x.device, dtype=torch.long)
+    fade_in = _randint_upto(generator, limit)
+    fade_out = _randint_upto(generator, limit)
     shape = torch.randint(0, 3, (batch,), generator=generator, device=x.device)
-    return (x * fade_envelope(length, fade_in, fade_out, shape, x.device)).to(x.dtype)
+    return apply_fade(x, fade_in, fade_out, shape)
+
+
+def apply_fade(x: Tensor, fade_in: Tensor, fade_out: Tensor, shape: Tensor) -> Tensor:
+    """Fade each clip in over ``fade_in`` and out over ``fade_out`` samples, with shape
+    index 0 linear, 1 logarithmic, 2 exponential (:data:`FADE_SHAPES`).
+
+    Lengths must be <= T/2 (each fade is computed on its half of the clip only); not checked
+    here, since a check would cost a device sync per batch, and :func:`fade` draws them so.
+    """
+    batch, length = x.shape
+    half = length // 2
+    out = x.float().clone()
+    for part in _chunks(batch, x.device):
+        out[part, :half] *= fade_in_gain(half, fade_in[part], shape[part])
+        out[part, length - half :] *= fade_in_gain(half, fade_out[part], shape[part]).flip(1)
+    return out.to(x.dtype)
 
 
 # --- WN / MN: noise at a drawn SNR -------------------------------------------------------
@@ -171,7 +178,9 @@ def colored_noise(
     return torch.fft.irfft(spectrum * amplitude, n=length, dim=-1)
 
 
-def white_noise(x: Tensor, generator: torch.Generator, cfg: AugmentConfig, sample_rate: int) -> Tensor:
+def white_noise(
+    x: Tensor, generator: torch.Generator, cfg: AugmentConfig, sample_rate: int
+) -> Tensor:
     """WN: white Gaussian noise at an SNR uniform in ``cfg.snr_db``."""
     _check_batch(x, "WN")
     snr = _uniform(generator, x.shape[0], *cfg.snr_db, x)
@@ -179,7 +188,9 @@ def white_noise(x: Tensor, generator: torch.Generator, cfg: AugmentConfig, sampl
     return add_noise_at_snr(x, noise, snr)
 
 
-def mixed_noise(x: Tensor, generator: torch.Generator, cfg: AugmentConfig, sample_rate: int) -> Tensor:
+def mixed_noise(
+    x: Tensor, generator: torch.Generator, cfg: AugmentConfig, sample_rate: int
+) -> Tensor:
     """MN: white, pink or brown noise (1/3 each) at an SNR uniform in ``cfg.snr_db``."""
     _check_batch(x, "MN")
     batch, length = x.shape
@@ -203,35 +214,52 @@ def _fixed_snr_noise(snr_db: float) -> SignalAugmentation:
 
 
 # --- TM / TS: time masking and circular shift ---------------------------------------------
-def time_mask(x: Tensor, generator: torch.Generator, cfg: AugmentConfig, sample_rate: int) -> Tensor:
+def time_mask(
+    x: Tensor, generator: torch.Generator, cfg: AugmentConfig, sample_rate: int
+) -> Tensor:
     """TM: one segment of random length in [0, T/8] at a random position per sample.
 
     ``mask_fill="noise"`` fills it with Gaussian noise at the clip's own RMS (so the mask
-    is as loud as the speech around it rather than unit-variance noise, which would swamp
-    audio in [-1, 1]); ``"constant"`` fills it with zeros.
+    is as loud as the audio around it rather than unit-variance noise, which would swamp
+    audio in [-1, 1]); ``"constant"`` fills it with zeros. Only the T/8 window that holds
+    the segment is read and written.
     """
     _check_batch(x, "TM")
     batch, length = x.shape
-    span = _randint_upto(generator, torch.full((batch,), length // 8, device=x.device))
+    longest = length // 8
+    span = _randint_upto(generator, torch.full((batch,), longest, device=x.device))
     start = _randint_upto(generator, length - span)
-    position = torch.arange(length, device=x.device)
-    inside = (position >= start[:, None]) & (position < (start + span)[:, None])
+    # A window of `longest` samples from min(start, T - longest) holds the whole segment.
+    window_start = torch.minimum(start, torch.full_like(start, length - longest))
+    where = window_start[:, None] + torch.arange(longest, device=x.device)[None, :]
+    inside = (where >= start[:, None]) & (where < (start + span)[:, None])
     if cfg.mask_fill == "noise":
         rms = x.float().pow(2).mean(dim=-1, keepdim=True).sqrt()
-        fill = (torch.randn(x.shape, generator=generator, device=x.device) * rms).to(x.dtype)
+        noise = torch.randn(batch, longest, generator=generator, device=x.device)
+        fill = (noise * rms).to(x.dtype)
     else:
         fill = torch.zeros((), dtype=x.dtype, device=x.device)
-    return torch.where(inside, fill, x)
+    window = torch.where(inside, fill, torch.gather(x, 1, where))
+    return x.scatter(1, where, window)
 
 
-def time_shift(x: Tensor, generator: torch.Generator, cfg: AugmentConfig, sample_rate: int) -> Tensor:
-    """TS: circular shift by an integer uniform in [-T/2, T/2] per sample (rollover)."""
+def time_shift(
+    x: Tensor, generator: torch.Generator, cfg: AugmentConfig, sample_rate: int
+) -> Tensor:
+    """TS: circular shift by an integer uniform in [-T/2, T/2] per sample (rollover).
+
+    Reads each clip's window out of the clip repeated twice (a strided view), so no
+    (B, T) index tensor is built.
+    """
     _check_batch(x, "TS")
     batch, length = x.shape
     half = length // 2
     shift = _randint_upto(generator, torch.full((batch,), 2 * half, device=x.device)) - half
-    source = (torch.arange(length, device=x.device)[None, :] - shift[:, None]) % length
-    return torch.gather(x, 1, source)
+    # out[n] = x[(n - shift) mod T] = doubled[n + (T - shift) mod T]
+    offset = (length - shift) % length
+    doubled = torch.cat([x, x], dim=1)
+    windows = doubled.unfold(1, length, 1)  # (B, T + 1, T) view
+    return windows[torch.arange(batch, device=x.device), offset]
 
 
 # --- MIX ----------------------------------------------------------------------------------
@@ -373,7 +401,9 @@ def time_stretch_batch(x: Tensor, rates: Tensor, n_fft: int = 2048) -> Tensor:
     return out.to(x.dtype)
 
 
-def time_stretch(x: Tensor, generator: torch.Generator, cfg: AugmentConfig, sample_rate: int) -> Tensor:
+def time_stretch(
+    x: Tensor, generator: torch.Generator, cfg: AugmentConfig, sample_rate: int
+) -> Tensor:
     """TST: rate uniform in ``cfg.stretch_rates`` per clip, pitch kept, length kept."""
     _check_batch(x, "TST")
     rates = _uniform(generator, x.shape[0], *cfg.stretch_rates, x)
@@ -421,8 +451,12 @@ def _resampler(orig: int, new: int, device: torch.device) -> torchaudio.transfor
     key = (orig, new, str(device))
     if key not in _RESAMPLERS:
         _RESAMPLERS[key] = torchaudio.transforms.Resample(
-            orig, new, resampling_method="sinc_interp_kaiser", lowpass_filter_width=16,
-            rolloff=0.945, beta=14.769656459379492,
+            orig,
+            new,
+            resampling_method="sinc_interp_kaiser",
+            lowpass_filter_width=16,
+            rolloff=0.945,
+            beta=14.769656459379492,
         ).to(device)
     return _RESAMPLERS[key]
 
@@ -462,7 +496,9 @@ def pitch_shift_batch(x: Tensor, semitones: Tensor, n_fft: int = 2048) -> Tensor
     return out.to(x.dtype)
 
 
-def pitch_shift(x: Tensor, generator: torch.Generator, cfg: AugmentConfig, sample_rate: int) -> Tensor:
+def pitch_shift(
+    x: Tensor, generator: torch.Generator, cfg: AugmentConfig, sample_rate: int
+) -> Tensor:
     """PS: integer semitones uniform in ``cfg.pitch_semitones`` (CLAR: [-15, 15])."""
     _check_batch(x, "PS")
     low, high = cfg.pitch_semitones
