@@ -66,7 +66,8 @@ class DataConfig(_Section):
     split_scheme: Literal["official", "quaclrs", "esc50_paper"] = "official"
     fold: int | None = Field(None, ge=1)
     cache_dir: Path | None = None  # defaults to $CLARLAB_CACHE or ~/.cache/clarlab
-    cache_dtype: Literal["int16", "float16", "float32"] = "float16"
+    # int16 keeps 16-bit PCM sources exact and reads ~3x faster on CPU than float16.
+    cache_dtype: Literal["int16", "float16", "float32"] = "int16"
     strict: bool = False
     download: bool = False
     max_clips: int | None = Field(None, gt=0)  # subsample for smoke runs

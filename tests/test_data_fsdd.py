@@ -34,7 +34,7 @@ def fsdd_cache(fsdd_config: DataConfig) -> AudioCache:
 def test_fsdd_cache_holds_every_clip_at_16k_one_second(fsdd_cache: AudioCache) -> None:
     assert len(fsdd_cache) == 3_000
     assert fsdd_cache.audio.shape == (3_000, 16_000)
-    assert fsdd_cache.audio.dtype == np.float16
+    assert fsdd_cache.audio.dtype == np.int16  # the default storage
     assert fsdd_cache.sample_rate == 16_000 and fsdd_cache.clip_samples == 16_000
     assert fsdd_cache.class_names[:3] == ["zero", "one", "two"]
     assert np.bincount(fsdd_cache.labels).tolist() == [300] * 10
@@ -136,9 +136,12 @@ def test_changed_inputs_or_settings_build_a_new_cache(fsdd_root: Path, tmp_path:
     assert len(first) == 40
     assert open_cache(cfg, progress=False).path == first.path
 
-    int16 = open_cache(cfg.model_copy(update={"cache_dtype": "int16"}), progress=False)
-    assert int16.path != first.path and int16.audio.dtype == np.int16
-    assert torch.allclose(int16.batch(np.arange(40)), first.batch(np.arange(40)), atol=1e-3)
+    for dtype, tolerance in (("float16", 1e-3), ("float32", 1 / 32767)):
+        other = open_cache(cfg.model_copy(update={"cache_dtype": dtype}), progress=False)
+        assert other.path != first.path and other.audio.dtype == np.dtype(dtype)
+        assert torch.allclose(
+            other.batch(np.arange(40)), first.batch(np.arange(40)), atol=tolerance
+        )
 
     rate48 = open_cache(
         cfg.model_copy(update={"sample_rate": 48_000, "crop": "center"}), progress=False
