@@ -26,6 +26,7 @@ import json
 import os
 import re
 import subprocess
+import threading
 import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -48,6 +49,11 @@ from mlflow.utils.validation import (
 )
 
 from core.config import ExperimentConfig, TrackingConfig
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no cross-process lock; start the sweep's parent run first
+    fcntl = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
     from core.evaluate import EvaluationResult
@@ -103,12 +109,8 @@ def default_artifact_root(tracking_uri: str) -> str | None:
     ``None`` for other stores: a tracking server and a file store pick their own artifact
     location, and an in-memory SQLite database has no folder to sit beside.
     """
-    if not tracking_uri.startswith("sqlite:///"):
-        return None
-    db_path = tracking_uri.removeprefix("sqlite:///").split("?", 1)[0]
-    if not db_path or db_path == ":memory:":
-        return None
-    return str(Path(db_path).expanduser().absolute().parent / ARTIFACT_FOLDER)
+    db_path = _sqlite_path(tracking_uri)
+    return None if db_path is None else str(db_path.parent / ARTIFACT_FOLDER)
 
 
 def _artifact_location(artifact_root: str, experiment: str) -> str:
@@ -119,13 +121,55 @@ def _artifact_location(artifact_root: str, experiment: str) -> str:
     return (Path(artifact_root).expanduser().absolute() / slug).as_uri()
 
 
+_READY_STORES: set[str] = set()
+_READY_LOCK = threading.Lock()
+
+
+def _sqlite_path(tracking_uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI; ``None`` for other stores or in-memory."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    db_path = tracking_uri.removeprefix("sqlite:///").split("?", 1)[0]
+    if not db_path or db_path == ":memory:":
+        return None
+    return Path(db_path).expanduser().absolute()
+
+
+def tracking_client(tracking_uri: str) -> MlflowClient:
+    """An ``MlflowClient`` whose store is ready, safe when processes start at once.
+
+    Opening a fresh SQLite store (which ``MlflowClient()`` does) runs MLflow's schema
+    migrations, and two processes doing that at the same time break each other
+    (``duplicate column``, alembic version errors). The first opening in each process
+    therefore holds an exclusive file lock beside the database; MLflow caches the opened
+    store per process, so later clients need neither lock nor migration check.
+    """
+    db_path = _sqlite_path(tracking_uri)
+    if db_path is None or tracking_uri in _READY_STORES:
+        return MlflowClient(tracking_uri)
+    with _READY_LOCK:
+        if tracking_uri in _READY_STORES:
+            return MlflowClient(tracking_uri)
+        db_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(db_path.with_name(db_path.name + ".lock"), "a") as lock_file:
+            if fcntl is not None:
+                fcntl.flock(lock_file, fcntl.LOCK_EX)
+            try:
+                client = MlflowClient(tracking_uri)  # opens (and migrates) the store
+            finally:
+                if fcntl is not None:
+                    fcntl.flock(lock_file, fcntl.LOCK_UN)
+        _READY_STORES.add(tracking_uri)
+    return client
+
+
 def ensure_experiment(tracking_uri: str, name: str, artifact_root: str | None) -> str:
     """The id of experiment ``name``, created (with ``artifact_root``) if missing.
 
     Safe when several trials start at once: a create that loses the race raises, and the
     experiment the winner created is read back instead.
     """
-    client = MlflowClient(tracking_uri)
+    client = tracking_client(tracking_uri)
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         location = _artifact_location(artifact_root, name) if artifact_root else None
@@ -270,7 +314,7 @@ def start_parent_run(cfg: TrackingConfig, tags: dict[str, str], run_name: str) -
         tracking_uri, cfg.experiment, default_artifact_root(tracking_uri)
     )
     all_tags = {TAG_ABLATION: cfg.ablation, TAG_KIND: "sweep", **_provenance_tags(), **tags}
-    run = MlflowClient(tracking_uri).create_run(
+    run = tracking_client(tracking_uri).create_run(
         experiment_id, start_time=_now_ms(), tags=all_tags, run_name=run_name
     )
     return run.info.run_id
@@ -281,7 +325,7 @@ def finish_run(
 ) -> None:
     """Terminate any run (parent or trial) by id, recording ``error`` as in
     :meth:`TrialRun.finish`."""
-    _finish(MlflowClient(tracking_uri), run_id, status, error)
+    _finish(tracking_client(tracking_uri), run_id, status, error)
 
 
 def _finish(client: MlflowClient, run_id: str, status: str, error: str | None) -> None:
@@ -297,7 +341,7 @@ def _finish(client: MlflowClient, run_id: str, status: str, error: str | None) -
 
 def find_trial_runs(tracking_uri: str, parent_run_id: str) -> list[Run]:
     """Every run nested directly under ``parent_run_id``, oldest first (all pages)."""
-    client = MlflowClient(tracking_uri)
+    client = tracking_client(tracking_uri)
     experiment_id = client.get_run(parent_run_id).info.experiment_id
     return _search_all(
         client, experiment_id, f"tags.`{TAG_PARENT}` = {_quoted(parent_run_id, 'parent run id')}"
@@ -359,7 +403,7 @@ class TrialRun:
         """
         tracking = cfg.tracking
         tracking_uri = resolve_tracking_uri(tracking)
-        client = MlflowClient(tracking_uri)
+        client = tracking_client(tracking_uri)
         run = cls._existing_run(client, tracking_uri, tracking, run_id)
         resumed = run is not None
         if run is None:

@@ -9,7 +9,11 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import subprocess
+import sys
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -139,6 +143,54 @@ def test_ensure_experiment_is_safe_under_concurrent_creates(
     client.delete_experiment(ids[0])
     with pytest.raises(MlflowException, match=rf"{name}.*deleted.*restore"):
         ensure_experiment(store.tracking_uri, name, root)
+
+
+# A trial process: import everything, say so, wait for the start signal, then open the
+# store, so that the openings really happen at the same moment.
+TRIAL_PROCESS = """
+import sys, time
+from pathlib import Path
+from core.config import ExperimentConfig, TrackingConfig
+from core.tracking import TrialRun
+results, trial_id = Path(sys.argv[1]), sys.argv[2]
+tracking = TrackingConfig(results_dir=results, trial_id=trial_id, experiment="fresh")
+(results / f"ready_{trial_id}").touch()
+while not (results / "go").exists():
+    time.sleep(0.01)
+run = TrialRun.open(ExperimentConfig(tracking=tracking))
+run.log_metrics({"loss": 1.0}, step=0)
+run.finish("FINISHED")
+"""
+
+
+def test_trials_in_separate_processes_can_open_a_fresh_store_at_once(tmp_path: Path) -> None:
+    """Unguarded, concurrent first openings of a new SQLite file break MLflow's migrations
+    (``duplicate column name``, alembic version errors); the file lock serialises them."""
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    trial_ids = ["proc_0", "proc_1"]
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", TRIAL_PROCESS, str(tmp_path), trial_id],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+        for trial_id in trial_ids
+    ]
+    deadline = time.monotonic() + 120
+    while not all((tmp_path / f"ready_{t}").exists() for t in trial_ids):
+        assert all(process.poll() is None for process in processes), "a process died early"
+        assert time.monotonic() < deadline, "trial processes did not start"
+        time.sleep(0.05)
+    (tmp_path / "go").touch()
+    outputs = [process.communicate(timeout=120)[0] for process in processes]
+    assert [process.returncode for process in processes] == [0, 0], "\n".join(outputs)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("fresh")
+    runs = client.search_runs([experiment.experiment_id])
+    assert sorted(run.data.tags[TAG_TRIAL_ID] for run in runs) == trial_ids
+    assert {run.info.status for run in runs} == {"FINISHED"}
 
 
 def test_git_commit_of_checkout_and_outside_git(
