@@ -155,3 +155,15 @@ def test_changed_inputs_or_settings_build_a_new_cache(fsdd_root: Path, tmp_path:
     assert changed.content_hash != first.content_hash
     manifest = json.loads((changed.path / "manifest.json").read_text())
     assert manifest["count"] == 40 and manifest["sample_rate"] == 16_000
+
+
+@pytest.mark.parametrize(
+    "device",
+    ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+        not torch.cuda.is_available(), reason="needs a CUDA device"))],
+)  # fmt: skip
+def test_batch_on_a_device_matches_the_cpu_batch(fsdd_cache: AudioCache, device: str) -> None:
+    indices = np.arange(0, 3_000, 97)
+    on_device = fsdd_cache.batch(indices, device=device)
+    assert on_device.device.type == device and on_device.dtype == torch.float32
+    assert torch.equal(on_device.cpu(), fsdd_cache.batch(indices))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +92,15 @@ def test_max_clips_subsamples_deterministically(speech_commands_root: Path, tmp_
     cfg = config("speech_commands", speech_commands_root, tmp_path, max_clips=5)
     first, second = open_cache(cfg, progress=False), open_cache(cfg, progress=False)
     assert len(first) == 5 and first.files == second.files and first.path == second.path
+
+
+def test_concurrent_opens_build_once(speech_commands_root: Path, tmp_path: Path) -> None:
+    cfg = config("speech_commands", speech_commands_root, tmp_path)
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        caches = list(pool.map(lambda _: open_cache(cfg, progress=False), range(3)))
+    assert len({cache.path for cache in caches}) == 1
+    built = [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")]
+    assert built == [caches[0].path.name]  # one cache, no staging folder left behind
 
 
 def test_speech_commands_unknown_word_folder_is_an_error(tmp_path: Path) -> None:

@@ -17,16 +17,13 @@ concurrent trials never see a half-written cache and never build the same one tw
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
 import shutil
 import time
 import warnings
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,7 +34,7 @@ from tqdm.auto import tqdm
 
 from core.audio import AudioDecodeError, load_clip
 from core.data import cache_home, dataset_root, get_spec
-from core.data.base import DatasetError, DatasetSpec, Listing
+from core.data.base import DatasetError, DatasetSpec, Listing, file_lock
 
 if TYPE_CHECKING:
     from core.config import DataConfig
@@ -262,18 +259,6 @@ def _relative(path: Path, root: Path) -> str:
         return str(path)
 
 
-@contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """An exclusive lock across processes on this node (flock; released on crash)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _worker_count() -> int:
     try:
         return max(1, len(os.sched_getaffinity(0)))
@@ -447,7 +432,7 @@ def open_cache(cfg: DataConfig, progress: bool = True) -> AudioCache:
     directory = cache_home(cfg) / f"{request.spec.name}-{key[:20]}"
     built = False
     if not (directory / MANIFEST).is_file():
-        with _file_lock(directory.parent / f".{directory.name}.lock"):
+        with file_lock(directory.parent / f".{directory.name}.lock"):
             if not (directory / MANIFEST).is_file():  # another process may have built it
                 build(request, listing, directory, progress)
                 built = True

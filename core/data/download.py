@@ -25,7 +25,7 @@ from pathlib import Path, PurePosixPath
 
 from tqdm.auto import tqdm
 
-from core.data.base import DatasetError, DatasetNotFoundError, DatasetSpec, Resource
+from core.data.base import DatasetError, DatasetNotFoundError, DatasetSpec, Resource, file_lock
 
 _BLOCK = 1 << 20
 _USER_AGENT = "clarlab-data/0.1"
@@ -220,6 +220,16 @@ def download_dataset(
     staging folder next to it, which is then renamed to ``root``.
     """
     root = Path(root)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    # Several trials may start on a node without the dataset: one downloads, the others
+    # wait for the lock and find the folder in place.
+    with file_lock(root.parent / f".{root.name}.download.lock"):
+        if root.is_dir() and (not spec.marker or (root / spec.marker).exists()):
+            return root
+        return _download_dataset(spec, root, progress, keep_archives)
+
+
+def _download_dataset(spec: DatasetSpec, root: Path, progress: bool, keep_archives: bool) -> Path:
     if not spec.resources:
         raise DatasetNotFoundError(
             f"{spec.name} has no download URL; fetch it from {spec.homepage} into {root}"
