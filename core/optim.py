@@ -213,8 +213,10 @@ class Scheduler:
             return 1.0
         if step < self.warmup_steps:
             return (step + 1) / self.warmup_steps
-        decay_steps = max(self.total_steps - self.warmup_steps - 1, 1)
-        progress = min((step - self.warmup_steps) / decay_steps, 1.0)
+        # The cosine starts at the last warmup step (the peak), so the peak lr is used
+        # once, and reaches its floor at the last iteration.
+        peak = max(self.warmup_steps - 1, 0)
+        progress = min((step - peak) / max(self.total_steps - 1 - peak, 1), 1.0)
         return 0.5 * (1 + math.cos(math.pi * progress))
 
     def _apply(self, factor: float) -> None:
