@@ -166,13 +166,13 @@ def write_heatmap_png(matrix: AugmentationMatrix, path: Path, title: str | None 
                 axes.add_patch(
                     plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="xx", color="red")
                 )
-                text = "failed"
+                text, color = "failed", "red"
             elif math.isnan(shown[i, j]):
-                text = ""
+                text, color = "", "white"
             else:
-                text = f"{shown[i, j]:.1f}"
+                text, color = f"{shown[i, j]:.1f}", "white"
             weight = "bold" if i == size or j == size else "normal"
-            axes.text(j, i, text, ha="center", va="center", color="white", fontsize=8, weight=weight)
+            axes.text(j, i, text, ha="center", va="center", color=color, fontsize=8, weight=weight)
     axes.axhline(size - 0.5, color="black", linewidth=2)
     axes.axvline(size - 0.5, color="black", linewidth=2)
     axes.set_xticks(range(size + 1), labels)

@@ -60,7 +60,9 @@ def test_failed_cell_is_marked_and_left_out_of_means(tmp_path: Path) -> None:
     values = np.arange(9, dtype=float).reshape(3, 3) / 10
     records = _records(values, "raw1d", failed={(0, 1)})
     # A record of another panel must not leak into this one.
-    records.append(TrialRecord("stft3-PS-FD", FINISHED, "stft3", "PS", "FD", metrics={"test_top1": 9}))
+    records.append(
+        TrialRecord("stft3-PS-FD", FINISHED, "stft3", "PS", "FD", metrics={"test_top1": 9})
+    )
     matrix = augmentation_matrix(records, CODES, "raw1d")
     assert matrix.status[0, 1] == FAILED and math.isnan(matrix.values[0, 1])
     assert matrix.values[0, 3] == pytest.approx(np.mean([values[0, 0], values[0, 2]]))
