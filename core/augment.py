@@ -139,6 +139,8 @@ def apply_fade(x: Tensor, fade_in: Tensor, fade_out: Tensor, shape: Tensor) -> T
     """
     batch, length = x.shape
     half = length // 2
+    # torchaudio's 1-sample fade-out is linspace(0, 1, 1) = [0], i.e. gain 1: a no-op.
+    fade_out = torch.where(fade_out == 1, torch.zeros_like(fade_out), fade_out)
     out = x.float().clone()
     for part in _chunks(batch, x.device):
         out[part, :half] *= fade_in_gain(half, fade_in[part], shape[part])
