@@ -2,7 +2,7 @@
 
 Measured on the real FSDD (``$CLARLAB_DATA/fsdd``), in one run:
 
-- cache build: clips/s of a fresh build (threads over all cores; scan, hashing, writing
+- cache build: clips/s of a fresh build (worker processes on all cores; scan, hashing, writing
   and manifest included), against decoding the same clips one by one in a single thread;
 - batch reads: random batches of 256 clips from the memory-mapped cache
   (``AudioCache.batch``) against decoding the same 256 files with soundfile each time,
@@ -97,7 +97,7 @@ def main() -> None:
 
     build_rate = len(cache) / build_seconds
     rows = [
-        ("cache build (threads, all cores)", f"{build_rate:9.0f} clips/s",
+        ("cache build (all cores)", f"{build_rate:9.0f} clips/s",
          f"{build_rate / serial_clips_per_s:6.2f}x vs serial decode"),
         ("serial decode+resample+pad", f"{serial_clips_per_s:9.0f} clips/s", "reference"),
         (f"batch {args.batch_size} from cache ({args.dtype})", f"{cache_s * 1e3:9.2f} ms", ""),
