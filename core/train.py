@@ -267,7 +267,11 @@ def run_loop(cfg: ExperimentConfig, context: TrialContext) -> dict[str, float]:
     encoder = build_encoder(cfg.model, in_channels=frontend.out_channels)
     method = build_method(cfg, encoder, data.num_classes, data.class_counts)
     if cfg.frontend.normalize:
-        frontend.fit_normalization(data.cache.batch(np.sort(data.split.train[:2048])).to(device))
+        train_rows = np.sort(data.split.train)
+        frontend.fit_normalization(
+            data.cache.batch(train_rows[start : start + 256]).to(device)
+            for start in range(0, len(train_rows), 256)
+        )
     if world > 1:
         method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
     model = context.prepare_model(method)
@@ -435,7 +439,9 @@ def _train_epoch(
         if _inject_fault("nan", epoch, step, rank):
             loss = loss * float("nan")
         if not torch.isfinite(loss):
-            parts = ", ".join(f"{k}={float(v):.4g}" for k, v in outputs.items() if v.numel() == 1)
+            parts = ", ".join(
+                f"{k}={float(v.detach()):.4g}" for k, v in outputs.items() if v.numel() == 1
+            )
             raise NonFiniteLossError(
                 f"non-finite loss at epoch {epoch}, step {step} (rank {rank}): {parts}; "
                 f"lower optim.lr, set train.grad_clip, or check the input audio"

@@ -37,3 +37,10 @@ def fsdd_root() -> Path:
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One cache folder for the whole session, so the real FSDD is decoded once."""
     return tmp_path_factory.mktemp("clarlab-cache")
+
+
+@pytest.fixture(scope="session")
+def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One SQLite MLflow store for the session: creating its schema takes seconds, so tests
+    share it and keep apart by experiment name."""
+    return tmp_path_factory.mktemp("mlflow-store")

@@ -15,11 +15,12 @@ from core.train import CallbackContext, NonFiniteLossError, run_loop
 
 
 def small_config(
-    fsdd_root: Path, cache_dir: Path, results: Path, **sections: dict
+    fsdd_root: Path, cache_dir: Path, store: Path, experiment: str, **sections: dict
 ) -> ExperimentConfig:
-    """A CPU-sized trial: width-8 ResNet18 on stft3, 4 steps of 32 clips per epoch."""
+    """A CPU-sized trial: width-8 ResNet18 on stft3 over 600 real FSDD clips, 4 steps of 32
+    clips per epoch, logged to experiment ``experiment`` of the MLflow store in ``store``."""
     overrides = {
-        "data": {"root": str(fsdd_root), "cache_dir": str(cache_dir)},
+        "data": {"root": str(fsdd_root), "cache_dir": str(cache_dir), "max_clips": 600},
         "augment": {"pipeline": ["TS", "FD"]},
         "frontend": {"name": "stft3"},
         "model": {"encoder": "resnet18", "width": 8, "proj_hidden_dim": 64, "proj_dim": 32},
@@ -33,9 +34,9 @@ def small_config(
             "seed": 7,
         },
         "tracking": {
-            "tracking_uri": f"sqlite:///{results}/mlflow.db",
-            "results_dir": str(results),
-            "experiment": "test-train",
+            "tracking_uri": f"sqlite:///{store}/mlflow.db",
+            "results_dir": str(store),
+            "experiment": experiment,
         },
     }
     for name, values in sections.items():
@@ -68,8 +69,10 @@ def runs_of(cfg: ExperimentConfig) -> list:
 
 
 @pytest.mark.slow
-def test_in_process_trial_trains_evaluates_and_logs(fsdd_root, cache_dir, tmp_path):
-    cfg = small_config(fsdd_root, cache_dir, tmp_path, tracking={"trial_id": "inproc"})
+def test_in_process_trial_trains_evaluates_and_logs(fsdd_root, cache_dir, mlflow_store, tmp_path):
+    cfg = small_config(
+        fsdd_root, cache_dir, mlflow_store, tmp_path.name, tracking={"trial_id": "inproc"}
+    )
     reports = KeepCheckpoints(tmp_path / "ckpt")
     final = run_loop(cfg, CallbackContext(reports))
 
@@ -83,7 +86,7 @@ def test_in_process_trial_trains_evaluates_and_logs(fsdd_root, cache_dir, tmp_pa
     (run,) = runs_of(cfg)
     client = MlflowClient(cfg.tracking.tracking_uri)
     assert run.info.status == "FINISHED"
-    assert run.data.params["augment.pipeline"] == str(["TS", "FD"])
+    assert run.data.params["augment.pipeline"] == '["TS", "FD"]'
     assert run.data.params["frontend.name"] == "stft3"
     history = client.get_metric_history(run.info.run_id, "loss")
     assert sorted(point.step for point in history) == [0, 1]
@@ -93,15 +96,25 @@ def test_in_process_trial_trains_evaluates_and_logs(fsdd_root, cache_dir, tmp_pa
 
 
 @pytest.mark.slow
-def test_restart_from_checkpoint_matches_uninterrupted_run(fsdd_root, cache_dir, tmp_path):
+def test_restart_from_checkpoint_matches_uninterrupted_run(
+    fsdd_root, cache_dir, mlflow_store, tmp_path
+):
     straight = small_config(
-        fsdd_root, cache_dir, tmp_path / "a", train={"eval_every": 10, "epochs": 2}
+        fsdd_root,
+        cache_dir,
+        mlflow_store,
+        f"{tmp_path.name}-a",
+        train={"eval_every": 10, "epochs": 2},
     )
     uninterrupted = KeepCheckpoints(tmp_path / "a-ckpt")
     run_loop(straight, CallbackContext(uninterrupted))
 
     resumed_cfg = small_config(
-        fsdd_root, cache_dir, tmp_path / "b", train={"eval_every": 10, "epochs": 2}
+        fsdd_root,
+        cache_dir,
+        mlflow_store,
+        f"{tmp_path.name}-b",
+        train={"eval_every": 10, "epochs": 2},
     )
     first = KeepCheckpoints(tmp_path / "b-ckpt", fail_after_epoch=0)
     with pytest.raises(KeyboardInterrupt):
@@ -126,11 +139,14 @@ def test_restart_from_checkpoint_matches_uninterrupted_run(fsdd_root, cache_dir,
 
 
 @pytest.mark.slow
-def test_clar_with_ten_percent_labels_logs_both_components(fsdd_root, cache_dir, tmp_path):
+def test_clar_with_ten_percent_labels_logs_both_components(
+    fsdd_root, cache_dir, mlflow_store, tmp_path
+):
     cfg = small_config(
         fsdd_root,
         cache_dir,
-        tmp_path,
+        mlflow_store,
+        tmp_path.name,
         method={"name": "clar"},
         data={"label_fraction": 0.1},
         train={"epochs": 1, "eval_every": 5},
@@ -148,12 +164,12 @@ def test_clar_with_ten_percent_labels_logs_both_components(fsdd_root, cache_dir,
 
 @pytest.mark.slow
 def test_forced_nan_fails_the_trial_with_a_readable_reason(
-    fsdd_root, cache_dir, tmp_path, monkeypatch
+    fsdd_root, cache_dir, mlflow_store, tmp_path, monkeypatch
 ):
     marker = tmp_path / "nan-once"
     marker.touch()
     monkeypatch.setenv("CLARLAB_INJECT_FAULT", f"nan:0:1:0:{marker}")
-    cfg = small_config(fsdd_root, cache_dir, tmp_path, train={"epochs": 1})
+    cfg = small_config(fsdd_root, cache_dir, mlflow_store, tmp_path.name, train={"epochs": 1})
     with pytest.raises(NonFiniteLossError, match="epoch 0, step 1"):
         run_loop(cfg, CallbackContext())
     (run,) = runs_of(cfg)
@@ -161,11 +177,11 @@ def test_forced_nan_fails_the_trial_with_a_readable_reason(
     assert "non-finite loss at epoch 0, step 1" in run.data.tags["clarlab.error"]
 
 
-def test_bad_batch_size_fails_before_training(fsdd_root, cache_dir, tmp_path):
+def test_bad_batch_size_fails_before_training(fsdd_root, cache_dir, mlflow_store, tmp_path):
     cfg = small_config(
-        fsdd_root, cache_dir, tmp_path, train={"batch_size": 4096}, data={"max_clips": 500}
+        fsdd_root, cache_dir, mlflow_store, tmp_path.name, train={"batch_size": 4096}
     )
-    with pytest.raises(ValueError, match="train.batch_size=4096"):
+    with pytest.raises(ValueError, match=r"train.batch_size=4096 .* \(5\d\d clips"):
         run_loop(cfg, CallbackContext())
 
 

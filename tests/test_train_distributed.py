@@ -32,13 +32,19 @@ def ray_cluster(tmp_path_factory):
     ray.shutdown()
 
 
-def two_worker_config(fsdd_root: Path, cache_dir: Path, results: Path, **sections: dict):
+def two_worker_config(
+    fsdd_root: Path, cache_dir: Path, store: Path, experiment: str, **sections: dict
+):
     train = {"num_workers": 2, **sections.pop("train", {})}
-    return small_config(fsdd_root, cache_dir, results, train=train, **sections)
+    return small_config(fsdd_root, cache_dir, store, experiment, train=train, **sections)
 
 
-def test_two_workers_finish_and_log_one_run(ray_cluster, fsdd_root, cache_dir, tmp_path):
-    cfg = two_worker_config(fsdd_root, cache_dir, tmp_path, tracking={"trial_id": "ddp"})
+def test_two_workers_finish_and_log_one_run(
+    ray_cluster, fsdd_root, cache_dir, mlflow_store, tmp_path
+):
+    cfg = two_worker_config(
+        fsdd_root, cache_dir, mlflow_store, tmp_path.name, tracking={"trial_id": "ddp"}
+    )
     result = build_torch_trainer(cfg, run_name="ddp", storage_path=str(tmp_path / "ray")).fit()
     assert result.error is None
     assert result.metrics["epoch"] == 1
@@ -56,9 +62,13 @@ def test_two_workers_finish_and_log_one_run(ray_cluster, fsdd_root, cache_dir, t
     assert any(path.endswith(".csv") for path in evaluation)
 
 
-def test_killed_worker_resumes_from_checkpoint(ray_cluster, fsdd_root, cache_dir, tmp_path):
+def test_killed_worker_resumes_from_checkpoint(
+    ray_cluster, fsdd_root, cache_dir, mlflow_store, tmp_path
+):
     ray_cluster.touch()  # arm: rank 1 dies once, mid-epoch 1
-    cfg = two_worker_config(fsdd_root, cache_dir, tmp_path, tracking={"trial_id": "killed"})
+    cfg = two_worker_config(
+        fsdd_root, cache_dir, mlflow_store, tmp_path.name, tracking={"trial_id": "killed"}
+    )
     trainer = build_torch_trainer(
         cfg, run_name="killed", storage_path=str(tmp_path / "ray"), max_failures=1
     )
@@ -76,7 +86,7 @@ def test_killed_worker_resumes_from_checkpoint(ray_cluster, fsdd_root, cache_dir
 
 
 def test_gathered_nt_xent_matches_one_worker_with_the_global_batch(
-    ray_cluster, fsdd_root, cache_dir, tmp_path
+    ray_cluster, fsdd_root, cache_dir, mlflow_store, tmp_path
 ):
     # No augmentation and one step: both hosts see the same 32 clips, split 2 x 16 across
     # workers. With negatives gathered across workers and synchronised batch norm, the
@@ -85,11 +95,11 @@ def test_gathered_nt_xent_matches_one_worker_with_the_global_batch(
         "augment": {"pipeline": []},
         "train": {"epochs": 1, "max_steps_per_epoch": 1, "eval_every": 5},
     }
-    one = small_config(fsdd_root, cache_dir, tmp_path / "one", **common)
+    one = small_config(fsdd_root, cache_dir, mlflow_store, f"{tmp_path.name}-1", **common)
     reports = KeepCheckpoints(tmp_path / "ckpt")
     run_loop(one, CallbackContext(reports))
 
-    two = two_worker_config(fsdd_root, cache_dir, tmp_path / "two", **common)
+    two = two_worker_config(fsdd_root, cache_dir, mlflow_store, f"{tmp_path.name}-2", **common)
     result = build_torch_trainer(two, run_name="gathered", storage_path=str(tmp_path / "r")).fit()
     assert result.error is None
     assert result.metrics["nt_xent"] == pytest.approx(reports.metrics[0]["nt_xent"], rel=1e-4)
