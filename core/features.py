@@ -22,6 +22,7 @@ and the mel spectrogram (a mel spectrogram is already a power, so it is not squa
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
@@ -35,16 +36,34 @@ from core.config import FrontendConfig
 
 SETTINGS: dict[str, dict[str, Any]] = {
     "paper": {
-        "n_fft": 256, "hop_length": 128, "win_length": 256, "n_mels": 128, "n_bins": 128,
-        "fmin": 0.0, "fmax": None, "bin_scale": "linear",
+        "n_fft": 256,
+        "hop_length": 128,
+        "win_length": 256,
+        "n_mels": 128,
+        "n_bins": 128,
+        "fmin": 0.0,
+        "fmax": None,
+        "bin_scale": "linear",
     },
     "authors_code": {
-        "n_fft": 2048, "hop_length": 128, "win_length": 2048, "n_mels": 128, "n_bins": 128,
-        "fmin": 40.0, "fmax": 8000.0, "bin_scale": "log",
+        "n_fft": 2048,
+        "hop_length": 128,
+        "win_length": 2048,
+        "n_mels": 128,
+        "n_bins": 128,
+        "fmin": 40.0,
+        "fmax": 8000.0,
+        "bin_scale": "log",
     },
     "quaclrs": {
-        "n_fft": 2048, "hop_length": 512, "win_length": 2048, "n_mels": 128, "n_bins": 128,
-        "fmin": 20.0, "fmax": 8000.0, "bin_scale": "log",
+        "n_fft": 2048,
+        "hop_length": 512,
+        "win_length": 2048,
+        "n_mels": 128,
+        "n_bins": 128,
+        "fmin": 20.0,
+        "fmax": 8000.0,
+        "bin_scale": "log",
     },
 }
 
@@ -77,6 +96,26 @@ def resolve_setting(cfg: FrontendConfig, sample_rate: int) -> dict[str, Any]:
             f"bins of n_fft={params['n_fft']}; lower n_bins or raise n_fft"
         )
     return params
+
+
+def _mel_basis(params: dict[str, Any], sample_rate: int) -> Tensor:
+    """Slaney mel filterbank ``(n_mels, n_fft/2 + 1)``, librosa's formula (via nnAudio).
+
+    CLAR's own setting (128 mels over the 129 bins of a 256-point FFT) leaves the lowest
+    filters empty; that is the paper's choice, so the warning saying so is silenced.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Empty filters detected")
+        mel = get_mel(
+            sample_rate,
+            params["n_fft"],
+            params["n_mels"],
+            params["fmin"],
+            params["fmax"],
+            htk=False,
+            norm=1,
+        )
+    return torch.as_tensor(mel, dtype=torch.float32)
 
 
 def log_power(power: Tensor, floor: float) -> Tensor:
@@ -233,11 +272,7 @@ class STFT3(FrontEnd):
             self.binned: _ConvSTFT | None = _ConvSTFT(params, sample_rate, params["n_bins"], "log")
         else:
             self.binned = None
-        mel = get_mel(
-            sample_rate, n_fft, params["n_mels"], params["fmin"], params["fmax"], htk=False,
-            norm=1,
-        )
-        self.register_buffer("mel_basis", torch.as_tensor(mel, dtype=torch.float32))
+        self.register_buffer("mel_basis", _mel_basis(params, sample_rate))
 
     def features(self, x: Tensor) -> Tensor:
         real, imag = self.linear(x)
@@ -268,11 +303,7 @@ class LogMel(FrontEnd):
         self.log_floor = cfg.log_floor
         n_fft = self.params["n_fft"]
         self.linear = _ConvSTFT(self.params, sample_rate, n_fft // 2 + 1, "full")
-        mel = get_mel(
-            sample_rate, n_fft, self.params["n_mels"], self.params["fmin"], self.params["fmax"],
-            htk=False, norm=1,
-        )
-        self.register_buffer("mel_basis", torch.as_tensor(mel, dtype=torch.float32))
+        self.register_buffer("mel_basis", _mel_basis(self.params, sample_rate))
 
     def features(self, x: Tensor) -> Tensor:
         real, imag = self.linear(x)

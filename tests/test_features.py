@@ -1,0 +1,171 @@
+"""Front ends against torch.stft and librosa, on real FSDD speech."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import librosa
+import numpy as np
+import pytest
+import soundfile as sf
+import soxr
+import torch
+
+from core.config import ConfigError, ExperimentConfig, FrontendConfig
+from core.features import FRONTENDS, build_frontend
+
+SR = 16_000
+
+
+@pytest.fixture(scope="session")
+def speech16k(fsdd_root: Path) -> torch.Tensor:
+    """Four real recordings at 16 kHz, padded / clipped to 1 s: (4, 16000)."""
+    files = sorted((fsdd_root / "recordings").glob("*.wav"))[7::700][:4]
+    clips = []
+    for path in files:
+        audio, rate = sf.read(path, dtype="float32")
+        clips.append(librosa.util.fix_length(soxr.resample(audio, rate, SR), size=SR))
+    return torch.tensor(np.stack(clips))
+
+
+def _relative_error(ours: torch.Tensor, reference: torch.Tensor) -> float:
+    return float((ours.double() - reference.double()).norm() / reference.double().norm())
+
+
+def test_registry_names():
+    assert set(FRONTENDS) == {"raw1d", "stft3", "mel"}
+
+
+def test_raw1d_passes_audio_through(speech16k: torch.Tensor):
+    frontend = build_frontend(FrontendConfig(name="raw1d"), SR)
+    out = frontend(speech16k)
+    assert frontend.out_channels == 1 and out.shape == (4, 1, SR)
+    assert torch.equal(out[:, 0], speech16k)
+
+
+def test_stft3_paper_channels_match_torch_stft(speech16k: torch.Tensor):
+    """Channel 0 is 10 log10 |STFT|^2 and channel 2 the phase of torch.stft's periodic-Hann
+    STFT (16 ms / 8 ms at 16 kHz, reflect-padded like nnAudio), 128 lowest bins."""
+    frontend = build_frontend(FrontendConfig(name="stft3", setting="paper"), SR)
+    out = frontend(speech16k)
+    assert frontend.out_channels == 3
+    reference = torch.stft(
+        speech16k.double(),
+        256,
+        hop_length=128,
+        window=torch.hann_window(256, dtype=torch.float64),
+        center=True,
+        pad_mode="reflect",
+        return_complex=True,
+    )[:, :128]
+    assert out.shape == (4, 3, 128, reference.shape[-1])
+    magnitude = torch.sqrt(10 ** (out[:, 0].double() / 10))
+    audible = reference.abs() > 1e-4  # below, the log floor of 1e-10 in power decides
+    assert _relative_error(magnitude[audible], reference.abs()[audible]) < 1e-4
+    strong = reference.abs() > 1e-2 * reference.abs().amax()
+    phase_error = torch.angle(torch.exp(1j * (out[:, 2].double() - reference.angle())))
+    assert phase_error[strong].abs().max() < 1e-3
+
+
+@pytest.mark.filterwarnings("ignore:Empty filters detected")  # CLAR's 128 mels over 129 bins
+def test_stft3_mel_channel_matches_librosa(speech16k: torch.Tensor):
+    """Channel 1 against librosa's melspectrogram with the same parameters.
+
+    Both are power mel spectrograms of a Slaney-normalised filterbank; ours comes from a
+    float32 convolutional STFT, librosa's from a float64 FFT, whose powers agree to ~1e-5
+    relative, so 1e-3 on the mel power (2e-4 on dB) leaves a margin of two orders while a
+    wrong window, hop, padding or mel formula fails by far more.
+    """
+    frontend = build_frontend(FrontendConfig(name="stft3"), SR)
+    mel_db = frontend(speech16k)[:, 1]
+    for clip, ours in zip(speech16k.numpy(), mel_db, strict=True):
+        reference = librosa.feature.melspectrogram(
+            y=clip.astype(np.float64),
+            sr=SR,
+            n_fft=256,
+            hop_length=128,
+            window="hann",
+            center=True,
+            pad_mode="reflect",
+            power=2.0,
+            n_mels=128,
+            fmin=0.0,
+            fmax=SR / 2,
+        )
+        power = 10 ** (ours.double() / 10)
+        audible = torch.tensor(reference > 1e-8)
+        assert _relative_error(power[audible], torch.tensor(reference)[audible]) < 1e-3
+
+
+def test_quaclrs_log_mel_at_48k_matches_librosa(speech16k: torch.Tensor):
+    clips48 = torch.tensor(np.stack([soxr.resample(c, SR, 48_000) for c in speech16k.numpy()]))
+    for channels in (1, 3):
+        cfg = FrontendConfig(name="mel", setting="quaclrs", channels=channels)
+        frontend = build_frontend(cfg, 48_000)
+        out = frontend(clips48[:2])
+        assert frontend.out_channels == channels and out.shape[:3] == (2, channels, 128)
+    reference = librosa.feature.melspectrogram(
+        y=clips48[0].double().numpy(),
+        sr=48_000,
+        n_fft=2048,
+        hop_length=512,
+        n_mels=128,
+        fmin=20.0,
+        fmax=8000.0,
+        center=True,
+        pad_mode="reflect",
+        power=2.0,
+    )
+    assert out.shape[-1] == reference.shape[-1]
+    power = 10 ** (out[0, 0].double() / 10)
+    audible = torch.tensor(reference > 1e-8)
+    assert _relative_error(power[audible], torch.tensor(reference)[audible]) < 1e-3
+    assert torch.equal(out[:, 0], out[:, 2])
+
+
+def test_authors_code_log_bins_put_a_tone_in_its_bin():
+    frontend = build_frontend(FrontendConfig(name="stft3", setting="authors_code"), SR)
+    freqs = frontend.binned.bin_freqs
+    assert freqs[0] == pytest.approx(40.0) and freqs[-1] < 8000
+    ratios = freqs[1:] / freqs[:-1]
+    assert torch.allclose(ratios, ratios[0].expand_as(ratios), rtol=1e-4)  # log-spaced
+    t = torch.arange(SR) / SR
+    out = frontend(torch.sin(2 * torch.pi * 1000.0 * t)[None])
+    assert out.shape[:3] == (1, 3, 128)
+    loudest = int(out[0, 0, :, 20:-20].mean(-1).argmax())
+    assert abs(float(freqs[loudest]) / 1000.0 - 1) < 0.05
+
+
+def test_per_frequency_normalisation(speech16k: torch.Tensor):
+    frontend = build_frontend(FrontendConfig(name="stft3", normalize=True), SR)
+    with pytest.raises(RuntimeError, match="fit_normalization"):
+        frontend(speech16k)
+    frontend.fit_normalization([speech16k[:2], speech16k[2:]])
+    out = frontend(speech16k).double()
+    mean, std = out.mean(dim=(0, 3)), out.std(dim=(0, 3), correction=0)
+    varying = frontend.norm_std[..., 0] > 1e-4  # constant rows (empty mel filters) stay put
+    assert mean[varying].abs().max() < 1e-3
+    assert (std[varying] - 1).abs().max() < 1e-3
+    state = frontend.state_dict()
+    assert {"norm_mean", "norm_std", "norm_fitted"} <= set(state)
+    restored = build_frontend(FrontendConfig(name="stft3", normalize=True), SR)
+    restored.load_state_dict(state)
+    torch.testing.assert_close(restored(speech16k), frontend(speech16k))
+
+
+def test_autocast_and_bf16_input_give_float32_features(speech16k: torch.Tensor):
+    frontend = build_frontend(FrontendConfig(name="stft3"), SR)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = frontend(speech16k.bfloat16()[:, None])
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+
+
+def test_bad_frontend_settings_are_explained():
+    with pytest.raises(ValueError, match="n_bins .* must equal .*n_mels"):
+        build_frontend(FrontendConfig(name="stft3", n_mels=64), SR)
+    with pytest.raises(ValueError, match="fmax"):
+        build_frontend(FrontendConfig(name="mel", setting="quaclrs"), 8_000)
+    with pytest.raises(ValueError, match="shorter than the reflect padding"):
+        build_frontend(FrontendConfig(name="mel", setting="quaclrs"), 48_000)(torch.zeros(1, 500))
+    with pytest.raises(ConfigError, match="frontend.name"):
+        ExperimentConfig.from_dict({"frontend": {"name": "cqt"}})
