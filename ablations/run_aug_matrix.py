@@ -36,6 +36,17 @@ def _key_value(text: str) -> tuple[str, Any]:
     return key.strip(), yaml.safe_load(raw)
 
 
+def _cell_key_value(text: str) -> tuple[str, str, Any]:
+    """``stft3-FD-TM:train.seed=1`` -> ("stft3-FD-TM", "train.seed", 1)."""
+    trial_id, sep, rest = text.partition(":")
+    if not sep or not trial_id:
+        raise argparse.ArgumentTypeError(
+            f"expected TRIAL_ID:KEY=VALUE (e.g. stft3-FD-TM:train.seed=1), got {text!r}"
+        )
+    key, value = _key_value(rest)
+    return trial_id, key, value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="run_aug_matrix",
@@ -86,6 +97,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="any config field for every trial, e.g. --set train.batch_size=32 "
         "--set data.max_clips=600 (repeatable; values are YAML)",
+    )
+    what.add_argument(
+        "--cell-set",
+        dest="cell_settings",
+        action="append",
+        type=_cell_key_value,
+        default=[],
+        metavar="TRIAL_ID:KEY=VALUE",
+        help="a config field for one cell only, e.g. --cell-set stft3-FD-TM:train.seed=1 "
+        "(trial ids as listed by --dry-run; repeatable)",
     )
     where = parser.add_argument_group("resources and cluster")
     where.add_argument(
@@ -203,6 +224,9 @@ def request_from_args(args: argparse.Namespace, argv: list[str]) -> Any:
     if args.seed is not None:
         overrides["train.seed"] = args.seed
     overrides.update(dict(args.settings))
+    trial_overrides: dict[str, dict[str, Any]] = {}
+    for trial_id, key, value in args.cell_settings:
+        trial_overrides.setdefault(trial_id, {})[key] = value
     axis_values: dict[str, list[Any]] = {}
     if args.augs:
         axis_values["augment.pipeline"] = list(args.augs)
@@ -213,6 +237,7 @@ def request_from_args(args: argparse.Namespace, argv: list[str]) -> Any:
         preset=args.preset,
         overrides=overrides,
         axis_values=axis_values,
+        trial_overrides=trial_overrides,
         workers_per_trial=args.workers_per_trial,
         cpus_per_worker=args.cpus_per_worker,
         gpus_per_worker=args.gpus_per_worker,

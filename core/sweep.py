@@ -787,8 +787,9 @@ def mlflow_hint(tracking_uri: str, experiment: str, run_id: str | None) -> str:
 
 
 # --- driver -----------------------------------------------------------------------------------
-def run_sweep(request: SweepRequest, stream: TextIO = sys.stdout) -> SweepOutcome:
+def run_sweep(request: SweepRequest, stream: TextIO | None = None) -> SweepOutcome:
     """Validate, then run, resume or only report on a sweep (see the module docstring)."""
+    stream = stream or sys.stdout  # looked up per call: callers may redirect stdout
     results_dir = Path(request.results_dir).expanduser().resolve()
     if request.resume or request.report_only:
         return _continue_sweep(request, results_dir, stream)
@@ -978,6 +979,9 @@ def _fit(
                 max_concurrent_trials=resources.max_concurrent_trials,
                 trial_name_creator=_trial_name,
                 trial_dirname_creator=_trial_name,
+                # One actor runs trial after trial: torch, the registries and the data cache
+                # are imported/opened once per actor instead of once per trial.
+                reuse_actors=True,
             ),
             run_config=tune.RunConfig(
                 name=name,

@@ -1,0 +1,207 @@
+"""Search spaces without Ray: loading, validation errors, grid expansion, presets, resources,
+and the CLI's dry run of the full Figure 4 matrix."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from ablations.run_aug_matrix import EXIT_BAD_INPUT, EXIT_OK, main
+from core.config import PRESETS
+from core.sweep import (
+    ResourceError,
+    SearchSpaceError,
+    SweepRequest,
+    expand_trials,
+    load_search_space,
+    plan_resources,
+    prepare_trials,
+    restrict_axes,
+    run_sweep,
+)
+
+PAPER_CODES = ["PS", "FD", "WN", "TM", "TS", "TST"]
+
+
+def _write(tmp_path: Path, text: str, name: str = "space.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+SMALL_SPACE = """
+ablation: small
+base:
+  method: {name: simclr}
+  train: {epochs: 7}
+presets:
+  quick:
+    train.batch_size: 16
+axes:
+  frontend.name:
+    values: [raw1d, stft3]
+    with:
+      raw1d: {model.encoder: resnet18_1d}
+      stft3: {model.encoder: resnet18}
+  augment.pipeline: {matrix: [PS, FD]}
+"""
+
+
+def test_full_matrix_dry_run_lists_72_trials(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--dry-run", "--preset", "quick"]) == EXIT_OK
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line[:3].strip().isdigit()]
+    rows = [row for row in rows if len(row) == 10]  # the table, not the summary lines
+    assert len(rows) == 72
+    ids = [row[1] for row in rows]
+    assert len(set(ids)) == 72
+    # Row-major per front end: raw1d first (as declared), first augmentation = row.
+    assert ids[:3] == ["raw1d-PS-PS", "raw1d-PS-FD", "raw1d-PS-WN"]
+    assert ids[36] == "stft3-PS-PS" and ids[-1] == "stft3-TST-TST"
+    by_id = {row[1]: row for row in rows}
+    assert by_id["raw1d-PS-PS"][2] == "PS"  # diagonal: the single augmentation, once
+    assert by_id["stft3-TM-FD"][2] == "TM>FD"
+    assert {row[4] for row in rows if row[3] == "raw1d"} == {"resnet18_1d"}
+    assert {row[4] for row in rows if row[3] == "stft3"} == {"resnet18"}
+    assert {row[5] for row in rows} == {"simclr"}
+    assert "72 trials" in out and "in-process loop" in out
+
+
+def test_expansion_pairs_and_configs() -> None:
+    space = load_search_space("aug_matrix")
+    assert [axis.field for axis in space.axes] == ["frontend.name", "augment.pipeline"]
+    trials = expand_trials(space, preset="quick", tracking={"parent_run_id": "p1"})
+    assert len(trials) == 72
+    for trial in trials:
+        first, second = trial.first, trial.second
+        assert trial.pipeline == ([first] if first == second else [first, second])
+        assert trial.trial_id == f"{trial.panel}-{first}-{second}"
+        assert trial.config.tracking.trial_id == trial.trial_id
+        assert trial.config.tracking.parent_run_id == "p1"
+        assert trial.config.frontend.name == trial.panel
+    pairs = {(t.first, t.second) for t in trials if t.panel == "stft3"}
+    assert pairs == {(a, b) for a in PAPER_CODES for b in PAPER_CODES}
+
+
+def test_presets_layer_between_base_and_overrides(tmp_path: Path) -> None:
+    space = load_search_space(_write(tmp_path, SMALL_SPACE))
+    # base alone: epochs from the YAML base.
+    plain = expand_trials(space, preset=None)
+    assert plain[0].config.train.epochs == 7
+    # the preset wins over base; the YAML's presets.quick wins over the preset.
+    quick = expand_trials(space, preset="quick")
+    assert quick[0].config.train.epochs == PRESETS["quick"]["train"]["epochs"]
+    assert quick[0].config.train.batch_size == 16
+    # caller overrides win over both; an axis wins over everything.
+    forced = expand_trials(
+        space,
+        preset="quick",
+        overrides={"train.epochs": 3, "augment.pipeline": ["WN"]},
+        trial_overrides={"stft3-FD-PS": {"train.seed": 5}},
+    )
+    assert {t.config.train.epochs for t in forced} == {3}
+    assert forced[0].config.augment.pipeline == ["PS"]
+    seeds = {t.trial_id: t.config.train.seed for t in forced}
+    assert seeds["stft3-FD-PS"] == 5 and sum(seeds.values()) == 5
+
+
+def test_restricting_axes_from_the_command_line(tmp_path: Path) -> None:
+    space = load_search_space("aug_matrix")
+    small = restrict_axes(space, {"augment.pipeline": ["TM", "PS"], "frontend.name": ["stft3"]})
+    ids = [t.trial_id for t in expand_trials(small, preset="quick")]
+    assert ids == ["stft3-TM-TM", "stft3-TM-PS", "stft3-PS-TM", "stft3-PS-PS"]
+    with pytest.raises(SearchSpaceError, match=r"\['mel'\] not declared; valid: raw1d, stft3"):
+        restrict_axes(space, {"frontend.name": ["mel"]})
+    with pytest.raises(SearchSpaceError, match="no axis 'train.seed'"):
+        restrict_axes(space, {"train.seed": [1]})
+
+
+def test_unknown_augmentation_code_names_file_trial_and_choices(tmp_path: Path) -> None:
+    path = _write(tmp_path, SMALL_SPACE.replace("[PS, FD]", "[PS, XX]"))
+    with pytest.raises(SearchSpaceError) as error:
+        expand_trials(load_search_space(path), preset="quick")
+    message = str(error.value)
+    assert str(path) in message and "trial raw1d-PS-XX" in message
+    assert "augment.pipeline" in message and "'XX'" in message
+    assert "valid:" in message and "PS" in message and "TST" in message
+    # The CLI turns it into exit status 2 with the message on stderr, before Ray starts.
+    bad_codes = ["--dry-run", "--augs", "PS", "QQ"]
+    assert main(bad_codes) == EXIT_BAD_INPUT
+
+
+def test_broken_yaml_and_bad_keys_name_file_and_key(tmp_path: Path) -> None:
+    broken = _write(
+        tmp_path, "ablation: x\naxes:\n  augment.pipeline: {matrix: [PS, FD\n", "b.yaml"
+    )
+    with pytest.raises(SearchSpaceError, match=rf"{broken}:\d+:\d+: not valid YAML"):
+        load_search_space(broken)
+    cases = {
+        "ablation: x\nbsae: {}\n": r"unknown top-level key\(s\) bsae; valid: ablation",
+        "base:\n  train: {epohcs: 3}\n": r"base: train.epohcs: unknown field; valid: .*train.epochs",
+        "base:\n  trian: {epochs: 3}\n": r"base: trian.epochs: unknown section 'trian'; valid: ",
+        "axes:\n  train.seeds: [1, 2]\n": r"axes.train.seeds: unknown field 'train.seeds'",
+        "axes:\n  train.seed: {matrix: [1, 2]}\n": r"'matrix' needs a list-valued field",
+        "axes:\n  train.seed: []\n": r"axes.train.seed.values: expected a non-empty list",
+        "axes:\n  frontend.name:\n    values: [stft3]\n    with: {mel: {model.width: 8}}\n": (
+            r"with.mel: not one of the axis values; valid: stft3"
+        ),
+        "presets:\n  fast: {}\n": r"presets.fast: unknown preset; valid: paper, quick",
+    }
+    for number, (text, pattern) in enumerate(cases.items()):
+        path = _write(tmp_path, text, f"case{number}.yaml")
+        with pytest.raises(SearchSpaceError, match=pattern) as error:
+            load_search_space(path)
+        assert str(path) in str(error.value)
+    with pytest.raises(SearchSpaceError, match="not one of the shipped ones .*aug_matrix"):
+        load_search_space("no_such_space")
+
+
+def test_invalid_value_in_trial_names_field(tmp_path: Path) -> None:
+    # raw1d front end with a 2D encoder: only the combination is invalid.
+    path = _write(tmp_path, SMALL_SPACE.replace("raw1d: {model.encoder: resnet18_1d}", "raw1d: {}"))
+    with pytest.raises(SearchSpaceError, match=r"trial raw1d-PS-PS.*model.encoder='resnet18_1d'"):
+        expand_trials(load_search_space(path), preset="quick")
+    good = load_search_space(_write(tmp_path, SMALL_SPACE, "good.yaml"))
+    with pytest.raises(SearchSpaceError, match="unknown trial id.*'raw1d-PS-PS' \\(8 trials\\)"):
+        expand_trials(good, preset="quick", trial_overrides={"nope": {}})
+
+
+def test_resource_requests() -> None:
+    plan = plan_resources(workers_per_trial=1, cpus_per_worker=1, available={"CPU": 2.0})
+    assert plan.max_concurrent_trials == 2 and not plan.use_torch_trainer
+    assert plan.trainable_resources() == {"cpu": 1, "gpu": 0.0}
+    group = plan_resources(
+        workers_per_trial=2, cpus_per_worker=1, gpus_per_worker=0.5, available={"CPU": 8, "GPU": 2}
+    )
+    assert group.use_torch_trainer and group.trainable_resources() == {"cpu": 0, "memory": 1}
+    assert group.max_concurrent_trials == 2  # GPUs bound it: 2 / (2 x 0.5)
+    with pytest.raises(ResourceError, match=r"needs 4 CPU .* cluster has 2; lower --workers-per"):
+        plan_resources(workers_per_trial=4, available={"CPU": 2.0, "GPU": 0.0})
+    with pytest.raises(ResourceError, match=r"needs 1 GPU .* has 0.*--gpus-per-worker"):
+        plan_resources(workers_per_trial=1, gpus_per_worker=1, available={"CPU": 2.0})
+    with pytest.raises(ResourceError, match="fraction in"):
+        plan_resources(workers_per_trial=1, gpus_per_worker=1.5)
+    # An impossible request on a local cluster fails before Ray (or MLflow) starts.
+    request = SweepRequest(preset="quick", workers_per_trial=4, num_cpus=2, results_dir=Path("x"))
+    with pytest.raises(ResourceError, match="needs 4 CPU"):
+        run_sweep(request)
+    assert not Path("x").exists()
+
+
+def test_paper_preset_plans_gpu_workers(capsys: pytest.CaptureFixture[str]) -> None:
+    space, trials, resources = prepare_trials(SweepRequest(preset="paper"))
+    cfg = trials[0].config
+    assert (cfg.train.epochs, cfg.train.batch_size, cfg.optim.name) == (1000, 1024, "lars")
+    assert (cfg.data.dataset, cfg.method.name, cfg.method.temperature) == (
+        "speech_commands_10",
+        "simclr",
+        0.5,
+    )
+    assert resources.workers_per_trial == 4 and resources.gpus_per_worker == 1.0
+    assert resources.use_torch_trainer
+    # Dry run on a machine without GPUs still lists the trials and says why it cannot run.
+    assert main(["--dry-run", "--preset", "paper", "--num-cpus", "2"]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "72 trials" in out and "not runnable on this machine" in out
