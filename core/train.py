@@ -40,6 +40,7 @@ from core.evaluate import EvaluationResult, evaluate_encoder
 from core.features import build_frontend
 from core.methods import build_method
 from core.models import build_encoder
+from core.models.norm import convert_for_distributed
 from core.optim import build_optimizer, build_scheduler
 
 CHECKPOINT_FILE = "state.pt"
@@ -273,7 +274,7 @@ def run_loop(cfg: ExperimentConfig, context: TrialContext) -> dict[str, float]:
             for start in range(0, len(train_rows), 256)
         )
     if world > 1:
-        method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
+        method = convert_for_distributed(method, device)
     model = context.prepare_model(method)
 
     local_batch = cfg.train.batch_size // world
