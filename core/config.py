@@ -88,7 +88,7 @@ class AugmentConfig(_Section):
     mask_fill: Literal["noise", "constant"] = "noise"
     pitch_semitones: tuple[int, int] = (-15, 15)  # PS range, CLAR 3.4
     stretch_rates: tuple[float, float] = (0.5, 1.5)  # TST range, CLAR 3.4
-    vocoder_n_fft: int = Field(2048, ge=16)  # PS/TST phase vocoder (librosa default), hop /4
+    vocoder_n_fft: int = Field(2048, ge=16, multiple_of=4)  # PS/TST vocoder (librosa), hop /4
     mix_max: float = Field(0.4, ge=0, le=1)  # MIX: partner weight uniform in [0, mix_max]
 
     @field_validator("pipeline")
