@@ -528,35 +528,52 @@ def run_trial(params: dict[str, Any]) -> None:
     stores it in its experiment state, so a resumed sweep runs exactly what was
     validated); ``params["execution"]`` says how to run it.
     """
+    config = ExperimentConfig.model_validate(params["cell"]["experiment"])
+    execution = params["execution"]
+    try:
+        if execution["torch_trainer"]:
+            _run_worker_group(config, params["cell"]["trial_id"], execution)
+        else:
+            _run_in_process(config, execution)
+    except Exception as error:
+        _ensure_failed_run(config, error)
+        raise
+
+
+def _run_worker_group(config: ExperimentConfig, trial_id: str, execution: dict[str, Any]) -> None:
+    """Several workers: a ``TorchTrainer`` whose reports reach Tune through the callback."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from core import train
+
+    trainer = train.build_torch_trainer(
+        config,
+        # Stable per trial: a trial restarted by --resume restores its trainer's checkpoint.
+        run_name=f"{execution['run_name']}-{trial_id}",
+        storage_path=execution["train_storage_path"],
+        callbacks=[TuneReportCallback()],
+        max_failures=execution["max_failures"],
+        resources_per_worker={
+            "CPU": execution["cpus_per_worker"],
+            "GPU": execution["gpus_per_worker"],
+        },
+    )
+    trainer.fit()
+
+
+def _run_in_process(config: ExperimentConfig, execution: dict[str, Any]) -> None:
+    """One worker: the loop runs right here, reporting and checkpointing through Tune."""
     import torch
 
     from core import train
 
-    config = ExperimentConfig.model_validate(params["cell"]["experiment"])
-    execution = params["execution"]
-    if execution["torch_trainer"]:
-        from ray.tune.integration.ray_train import TuneReportCallback
-
-        trainer = train.build_torch_trainer(
-            config,
-            run_name=f"{execution['run_name']}-{params['cell']['trial_id']}",
-            storage_path=execution["train_storage_path"],
-            callbacks=[TuneReportCallback()],
-            max_failures=execution["max_failures"],
-            resources_per_worker={
-                "CPU": execution["cpus_per_worker"],
-                "GPU": execution["gpus_per_worker"],
-            },
-        )
-        trainer.fit()
-        return
-
-    # In-process: this actor holds the worker's CPUs, so torch should use exactly those.
+    # This actor holds the worker's CPUs, so torch should use exactly those.
     torch.set_num_threads(max(1, int(execution["cpus_per_worker"])))
     use_cuda = execution["gpus_per_worker"] > 0 and torch.cuda.is_available()
     device = torch.device("cuda" if use_cuda else "cpu")
 
     def report(metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
+        # Tune persists the checkpoint folder before returning; the loop deletes it after.
         checkpoint = tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
         tune.report(dict(metrics), checkpoint=checkpoint)
 
@@ -568,6 +585,23 @@ def run_trial(params: dict[str, Any]) -> None:
             report, restore_dir=Path(restore) if restore else None, device=device
         )
         train.run_loop(config, context)
+
+
+def _ensure_failed_run(config: ExperimentConfig, error: BaseException) -> None:
+    """Give a trial that failed before the loop opened its MLflow run (bad data, a batch
+    larger than the split...) a FAILED run with the error, so that every cell of the grid
+    can be found under the parent. A run the loop already ended is left alone."""
+    from core import tracking
+
+    tracking_cfg = config.tracking
+    if not (tracking_cfg.parent_run_id and tracking_cfg.trial_id):
+        return
+    with contextlib.suppress(Exception):  # never hide the trial's own error behind this one
+        uri = tracking.resolve_tracking_uri(tracking_cfg)
+        runs = tracking.find_trial_runs(uri, tracking_cfg.parent_run_id)
+        if any(run.data.tags.get(tracking.TAG_TRIAL_ID) == tracking_cfg.trial_id for run in runs):
+            return
+        tracking.TrialRun.open(config).finish("FAILED", error=f"{type(error).__name__}: {error}")
 
 
 def _trial_name(trial: Any) -> str:
