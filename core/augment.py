@@ -355,24 +355,15 @@ def stretch_spectrogram(spec: Tensor, rates: Tensor, out_frames: int, n_fft: int
     mag1, real1, imag1 = table.index_select(1, row + 1).view(shape)
     magnitude = torch.lerp(mag0, mag1, alpha) * valid
     # advance = u[i+1] * conj(u[i])
-    advance_re = real1 * real0 + imag1 * imag0
-    advance_im = imag1 * real0 - real1 * imag0
+    advance = torch.complex(real1 * real0 + imag1 * imag0, imag1 * real0 - real1 * imag0)
     # Exclusive running product over output frames, starting at the first frame's phasor.
-    # A loop over frames (tens), each step a vector op over the whole (clips x bins) slab.
-    phasor_re = torch.empty_like(advance_re)
-    phasor_im = torch.empty_like(advance_im)
-    phasor_re[:, 0] = table[1].view(batch, frames + 2, bins)[:, 0]
-    phasor_im[:, 0] = table[2].view(batch, frames + 2, bins)[:, 0]
+    # A loop over frames (tens), each step one complex multiply over the (clips x bins)
+    # slab: cheaper than torch.cumprod on complex input, which is not vectorised on CPU.
+    phasor = torch.empty_like(advance)
+    phasor[:, 0] = torch.complex(table[1, :: frames + 2], table[2, :: frames + 2])
     for k in range(1, out_frames):
-        pr, pi, ar, ai = (
-            phasor_re[:, k - 1],
-            phasor_im[:, k - 1],
-            advance_re[:, k - 1],
-            advance_im[:, k - 1],
-        )
-        phasor_re[:, k] = pr * ar - pi * ai
-        phasor_im[:, k] = pr * ai + pi * ar
-    return torch.complex(magnitude * phasor_re, magnitude * phasor_im)
+        torch.mul(phasor[:, k - 1], advance[:, k - 1], out=phasor[:, k])
+    return phasor * magnitude
 
 
 def istft_frames(spec: Tensor, n_fft: int, frame_counts: Tensor, length: int) -> Tensor:
@@ -490,35 +481,44 @@ def _resampler(orig: int, new: int, device: torch.device) -> torchaudio.transfor
 def pitch_shift_batch(x: Tensor, semitones: Tensor, n_fft: int = 2048) -> Tensor:
     """Shift each clip by its integer number of semitones, keeping its duration.
 
-    As librosa: time-stretch by 1/ratio (longer for upward shifts), then resample back to the
-    original duration. One STFT of the whole batch; then per distinct semitone (at most 31
-    groups, never per clip) the phase vocoder, inverse STFT and a cached resampler.
+    As librosa: time-stretch by 1/ratio (longer for upward shifts), then resample back to
+    the original duration. The phase vocoder runs on chunks of clips sorted by how many
+    frames their stretch needs (so a chunk wastes little on padding frames), each clip with
+    its own rate; then one cached resampler per distinct semitone (at most 31 groups,
+    never a loop over clips). Semitone 0 leaves the clip as it is.
     """
     batch, length = x.shape
     hop = n_fft // 4
-    out = torch.empty(batch, length, device=x.device, dtype=torch.float32)
-    values = semitones.tolist()  # one host sync per batch, to group by semitone
-    for value in sorted(set(values)):
-        members = torch.nonzero(semitones == value).squeeze(1)
-        if value == 0:
-            out[members] = x[members].float()
-            continue
-        p, q = semitone_ratio(int(value))
-        rate = q / p  # stretch rate: < 1 lengthens, for an upward shift
-        stretched_length = int(round(length / rate))
-        in_frames = length // hop + 1
-        out_frames = math.ceil(in_frames / rate)
-        for part in _chunks(members.numel(), x.device):
-            group = members[part]
-            spec = stft_frames(x[group], n_fft)
-            rates = torch.full((group.numel(),), rate, device=x.device)
-            stretched = stretch_spectrogram(spec, rates, out_frames, n_fft)
-            counts = torch.full((group.numel(),), out_frames, device=x.device, dtype=torch.long)
-            wave = istft_frames(stretched, n_fft, counts, stretched_length)
-            shifted = _resampler(p, q, x.device)(wave)
-            if shifted.shape[1] < length:
-                shifted = F.pad(shifted, (0, length - shifted.shape[1]))
-            out[group] = shifted[:, :length]
+    in_frames = length // hop + 1
+    values = [int(v) for v in semitones.tolist()]  # one host sync per batch, to group
+    ratios = [semitone_ratio(v) for v in values]
+    rates = [q / p for p, q in ratios]  # stretch rate: < 1 lengthens, for an upward shift
+    frames_needed = [math.ceil(in_frames / rate) for rate in rates]  # librosa's count
+    lengths = [int(round(length / rate)) for rate in rates]
+    out = x.float().clone()
+    shifting = sorted((i for i in range(batch) if values[i] != 0), key=lambda i: -frames_needed[i])
+    if not shifting:
+        return out.to(x.dtype)
+    stretched = x.new_zeros((batch, max(lengths[i] for i in shifting)), dtype=torch.float32)
+    step = len(shifting) if x.device.type != "cpu" else _CPU_CHUNK_CLIPS
+    for start in range(0, len(shifting), step):
+        members = shifting[start : start + step]
+        index = torch.tensor(members, device=x.device)
+        clip_rates = torch.tensor([rates[i] for i in members], device=x.device)
+        counts = torch.tensor([frames_needed[i] for i in members], device=x.device)
+        spectrum = stretch_spectrogram(
+            stft_frames(x[index], n_fft), clip_rates, frames_needed[members[0]], n_fft
+        )
+        longest = max(lengths[i] for i in members)
+        stretched[index, :longest] = istft_frames(spectrum, n_fft, counts, longest)
+    for value in sorted({values[i] for i in shifting}):
+        members = [i for i in shifting if values[i] == value]
+        index = torch.tensor(members, device=x.device)
+        p, q = ratios[members[0]]
+        shifted = _resampler(p, q, x.device)(stretched[index, : lengths[members[0]]])
+        if shifted.shape[1] < length:
+            shifted = F.pad(shifted, (0, length - shifted.shape[1]))
+        out[index] = shifted[:, :length]
     return out.to(x.dtype)
 
 
