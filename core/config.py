@@ -137,6 +137,8 @@ class FrontendConfig(_Section):
     channels: Literal[1, 3] = 3
     normalize: bool = False
     log_floor: float = Field(1e-10, gt=0)
+    # STFT by nnAudio's convolution kernels or by FFT (same numbers); auto: FFT on CPU
+    stft_backend: Literal["auto", "conv", "fft"] = "auto"
 
     @field_validator("name")
     @classmethod

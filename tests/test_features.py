@@ -43,10 +43,13 @@ def test_raw1d_passes_audio_through(speech16k: torch.Tensor):
     assert torch.equal(out[:, 0], speech16k)
 
 
-def test_stft3_paper_channels_match_torch_stft(speech16k: torch.Tensor):
+@pytest.mark.parametrize("backend", ["conv", "fft"])
+def test_stft3_paper_channels_match_torch_stft(backend: str, speech16k: torch.Tensor):
     """Channel 0 is 10 log10 |STFT|^2 and channel 2 the phase of torch.stft's periodic-Hann
-    STFT (16 ms / 8 ms at 16 kHz, reflect-padded like nnAudio), 128 lowest bins."""
-    frontend = build_frontend(FrontendConfig(name="stft3", setting="paper"), SR)
+    STFT (16 ms / 8 ms at 16 kHz, reflect-padded like nnAudio), 128 lowest bins, whether
+    computed with nnAudio's convolution kernels or by FFT."""
+    cfg = FrontendConfig(name="stft3", setting="paper", stft_backend=backend)
+    frontend = build_frontend(cfg, SR)
     out = frontend(speech16k)
     assert frontend.out_channels == 3
     reference = torch.stft(
@@ -76,7 +79,7 @@ def test_stft3_mel_channel_matches_librosa(speech16k: torch.Tensor):
     relative, so 1e-3 on the mel power (2e-4 on dB) leaves a margin of two orders while a
     wrong window, hop, padding or mel formula fails by far more.
     """
-    frontend = build_frontend(FrontendConfig(name="stft3"), SR)
+    frontend = build_frontend(FrontendConfig(name="stft3", stft_backend="conv"), SR)
     mel_db = frontend(speech16k)[:, 1]
     for clip, ours in zip(speech16k.numpy(), mel_db, strict=True):
         reference = librosa.feature.melspectrogram(
