@@ -103,13 +103,16 @@ def fade_in_gain(positions: int, lengths: Tensor, shape: Tensor) -> Tensor:
     torchaudio's fade-out gain at ramp r equals its fade-in gain at 1 - r for all three
     shapes, so a fade-out is this gain reversed in time (see :func:`fade`).
     """
-    index = torch.arange(positions, device=lengths.device, dtype=torch.float32)
-    lengths = lengths.float()[:, None]
-    ramp = (index * (1.0 / (lengths - 1).clamp(min=1))).clamp_(max=1.0)
-    ramp = torch.where(index < lengths, ramp, 1.0)
+    index = torch.arange(positions, device=lengths.device, dtype=torch.float32)[None, :]
+    # ramp = index / (L - 1) clamped to 1, written as one fused (index + offset) * scale:
+    # L = 1 gives [0, 1, 1, ...] (linspace(0, 1, 1) = [0]); L = 0 gives all ones (no fade).
+    lengths = lengths[:, None]
+    scale = torch.where(lengths >= 2, 1.0 / (lengths - 1).clamp(min=1).float(), 1e9)
+    offset = (lengths == 0).float()
+    ramp = torch.addcmul(offset * scale, index, scale).clamp_(max=1.0)
     shape = shape[:, None]
     logarithmic = torch.log10(ramp + 0.1).add_(1.0)
-    exponential = torch.pow(2.0, ramp - 1).mul_(ramp)
+    exponential = torch.exp2(ramp - 1).mul_(ramp)
     gain = torch.where(shape == 0, ramp, torch.where(shape == 1, logarithmic, exponential))
     return gain.clamp_(0.0, 1.0)
 
@@ -148,6 +151,12 @@ def apply_fade(x: Tensor, fade_in: Tensor, fade_out: Tensor, shape: Tensor) -> T
     return out.to(x.dtype)
 
 
+def _mean_square(x: Tensor) -> Tensor:
+    """Per-clip power ``(B, 1)`` in one fused reduction (no squared temporary)."""
+    norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=torch.float32)
+    return norm.square() / x.shape[-1]
+
+
 # --- WN / MN: noise at a drawn SNR -------------------------------------------------------
 def add_noise_at_snr(x: Tensor, noise: Tensor, snr_db: Tensor) -> Tensor:
     """``x + g * noise`` with g chosen so that 10 log10(P_x / P_gnoise) equals ``snr_db``.
@@ -156,8 +165,8 @@ def add_noise_at_snr(x: Tensor, noise: Tensor, snr_db: Tensor) -> Tensor:
     CLAR describes), so the realised SNR is the drawn one up to rounding. A silent clip stays
     silent (its power is 0, so is the noise's).
     """
-    signal_power = x.float().pow(2).mean(dim=-1, keepdim=True)
-    noise_power = noise.pow(2).mean(dim=-1, keepdim=True).clamp(min=torch.finfo(torch.float32).tiny)
+    signal_power = _mean_square(x)
+    noise_power = _mean_square(noise).clamp(min=torch.finfo(torch.float32).tiny)
     gain = torch.sqrt(signal_power / (noise_power * 10.0 ** (snr_db[:, None] / 10.0)))
     return (x.float() + gain * noise).to(x.dtype)
 
@@ -236,7 +245,7 @@ def time_mask(
     where = window_start[:, None] + torch.arange(longest, device=x.device)[None, :]
     inside = (where >= start[:, None]) & (where < (start + span)[:, None])
     if cfg.mask_fill == "noise":
-        rms = x.float().pow(2).mean(dim=-1, keepdim=True).sqrt()
+        rms = _mean_square(x).sqrt()
         noise = torch.randn(batch, longest, generator=generator, device=x.device)
         fill = (noise * rms).to(x.dtype)
     else:
