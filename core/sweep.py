@@ -709,6 +709,7 @@ class SweepOutcome:
     records: list[TrialRecord] = field(default_factory=list)
     report: ReportFiles | None = None
     summary: str = ""
+    fit_seconds: float | None = None  # wall time of this invocation's Tune run
 
     @property
     def complete(self) -> bool:
@@ -907,8 +908,8 @@ def run_sweep(request: SweepRequest, stream: TextIO | None = None) -> SweepOutco
         file=stream,
         flush=True,
     )
-    _fit(state, trials, resources, request, restore=False)
-    return _finish(state, run_dir, trials, stream, set_status=True)
+    fit_seconds = _fit(state, trials, resources, request, restore=False)
+    return _finish(state, run_dir, trials, stream, set_status=True, fit_seconds=fit_seconds)
 
 
 def _dry_run(
@@ -971,8 +972,8 @@ def _continue_sweep(request: SweepRequest, results_dir: Path, stream: TextIO) ->
         file=stream,
         flush=True,
     )
-    _fit(state, trials, resources, request, restore=True)
-    return _finish(state, run_dir, trials, stream, set_status=True)
+    fit_seconds = _fit(state, trials, resources, request, restore=True)
+    return _finish(state, run_dir, trials, stream, set_status=True, fit_seconds=fit_seconds)
 
 
 def _fit(
@@ -981,8 +982,9 @@ def _fit(
     resources: Resources,
     request: SweepRequest,
     restore: bool,
-) -> None:
-    """Run the Tune experiment (or continue it); failed trials do not raise."""
+) -> float:
+    """Run the Tune experiment (or continue it); failed trials do not raise. Returns the
+    wall time of the run in seconds."""
     experiment_path = state["experiment_path"]
     trainable = tune.with_resources(run_trial, resources.trainable_resources())
     if restore and tune.Tuner.can_restore(experiment_path):
@@ -1029,7 +1031,9 @@ def _fit(
                 callbacks=[SweepProgress(len(trials), state["metric"], request.progress_every_s)],
             ),
         )
+    started = time.perf_counter()
     tuner.fit()
+    return time.perf_counter() - started
 
 
 def _start_ray(request: SweepRequest) -> dict[str, float] | None:
@@ -1115,6 +1119,7 @@ def _finish(
     trials: list[Trial],
     stream: TextIO,
     set_status: bool,
+    fit_seconds: float | None = None,
 ) -> SweepOutcome:
     """Write the report, attach it to the parent run, end the parent, print the summary."""
     from core import tracking as mlflow_tracking
@@ -1147,12 +1152,14 @@ def _finish(
         experiment=state["experiment"],
         records=records,
         report=report,
+        fit_seconds=fit_seconds,
     )
     if set_status:
         mlflow_tracking.finish_run(uri, parent, "FINISHED" if outcome.complete else "KILLED")
     lines = [
         "",
-        f"sweep {state['run_name']}",
+        f"sweep {state['run_name']}"
+        + (f" ({fit_seconds / 60:.1f} min)" if fit_seconds is not None else ""),
         report.summary,
         f"report: {run_dir / 'report'}",
         mlflow_hint(uri, state["experiment"], parent),

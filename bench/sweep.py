@@ -1,0 +1,155 @@
+"""Per-trial overhead of the sweep machinery, and (``--full``) the quick 72-trial matrix.
+
+Overhead = (wall time of a Tune run of N trials, one at a time) / N - (time of the same
+trials' loops called directly in this process, the reference, measured in the same run).
+It covers scheduling, actor start or reuse, imports, reporting and checkpoint persistence:
+everything the sweep adds to the training loop. Measured for the in-process path (single
+worker trials) and for the ``TorchTrainer`` path (forced, to see its start/stop cost).
+
+    python bench/sweep.py            # overheads, a couple of minutes
+    python bench/sweep.py --full     # + the quick preset's full matrix (about 20 minutes)
+
+The last line is one JSON object of headline figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("CLARLAB_DATA", str(Path(__file__).resolve().parents[2] / "shared/datasets"))
+
+from core.sweep import SweepRequest, prepare_trials, run_sweep  # noqa: E402
+from core.train import CallbackContext, run_loop  # noqa: E402
+
+CODES = ["FD", "TM"]  # cheap augmentations: the loop time stays small next to the overhead
+
+
+def tiny_overrides(cache_dir: Path) -> dict[str, object]:
+    """One short epoch with evaluation: small enough that overhead is visible."""
+    return {
+        "data.cache_dir": str(cache_dir),
+        "data.max_clips": 200,
+        "data.sample_rate": 8000,
+        "model.width": 8,
+        "train.epochs": 1,
+        "train.batch_size": 16,
+        "train.max_steps_per_epoch": 2,
+        "train.eval_epochs": 2,
+    }
+
+
+def reference_seconds(request: SweepRequest) -> float:
+    """The same trials' loops called directly here (warm imports, no Ray)."""
+    import torch
+
+    torch.set_num_threads(1)  # as a 1-CPU trial does
+    _, trials, _ = prepare_trials(request, tracking={"tracking_uri": request.tracking_uri})
+    configs = [trial.config.with_overrides({"tracking.trial_id": None}) for trial in trials]
+    run_loop(configs[0], CallbackContext())  # warm-up: cache, imports, MLflow store
+    started = time.perf_counter()
+    for config in configs:
+        run_loop(config, CallbackContext())
+    return time.perf_counter() - started
+
+
+def sweep_seconds(request: SweepRequest) -> tuple[float, int]:
+    with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
+        outcome = run_sweep(request, stream=quiet)
+    finished = sum(record.status == "FINISHED" for record in outcome.records)
+    return float(outcome.fit_seconds or 0.0), finished
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--full", action="store_true", help="also run the full quick matrix")
+    parser.add_argument("--num-cpus", type=int, default=2, help="CPUs of the local Ray")
+    parser.add_argument(
+        "--skip-overhead", action="store_true", help="with --full: only the full matrix"
+    )
+    args = parser.parse_args()
+
+    import ray
+
+    work = Path(tempfile.mkdtemp(prefix="clarlab-bench-sweep-"))
+    cache = work / "cache"
+    ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+    rows: list[tuple[str, float, float, float]] = []
+    figures: dict[str, float] = {}
+
+    def request(name: str, **extra: object) -> SweepRequest:
+        return SweepRequest(
+            preset="quick",
+            overrides=tiny_overrides(cache),
+            axis_values={"augment.pipeline": CODES, "frontend.name": ["stft3"]},
+            max_concurrent=1,
+            results_dir=work / "results",
+            tracking_uri=f"sqlite:///{work}/mlflow.db",
+            run_name=name,
+            **extra,
+        )
+
+    trials = len(CODES) ** 2
+    paths = [
+        ("in-process (1 worker)", "trial_overhead_s", {}),
+        (
+            "TorchTrainer (1 worker, forced)",
+            "torch_trainer_overhead_s",
+            {"force_torch_trainer": True},
+        ),
+    ]
+    if args.full and args.skip_overhead:
+        paths = []
+    reference = reference_seconds(request("reference")) if paths else 0.0
+    for label, key, extra in paths:
+        sweep_seconds(request(f"warm-{key}", **extra))  # warm: actor images, cache, store
+        wall, finished = sweep_seconds(request(key, **extra))
+        if finished != trials:
+            raise SystemExit(f"{label}: only {finished}/{trials} trials finished")
+        overhead = (wall - reference) / trials
+        figures[key] = round(overhead, 2)
+        rows.append((label, wall / trials, reference / trials, overhead))
+
+    if rows:
+        print(f"\nper-trial wall time, {trials} trials one at a time, warm local Ray")
+        print(f"{'path':<34}{'sweep s/trial':>14}{'direct s/trial':>16}{'overhead s':>12}")
+        for label, per_trial, direct, overhead in rows:
+            print(f"{label:<34}{per_trial:>14.2f}{direct:>16.2f}{overhead:>12.2f}")
+        print("targets: overhead <= 2 s (in-process), <= 10 s (TorchTrainer)")
+
+    if args.full:
+        outcome = run_sweep(
+            SweepRequest(
+                preset="quick",
+                results_dir=work / "results",
+                tracking_uri=f"sqlite:///{work}/mlflow.db",
+                run_name="full",
+                num_cpus=args.num_cpus,
+                overrides={"data.cache_dir": str(cache)},
+                progress_every_s=120,
+            )
+        )
+        minutes = (outcome.fit_seconds or 0.0) / 60
+        best = outcome.report.matrices["stft3"].best if outcome.report else None
+        figures["quick_matrix_minutes"] = round(minutes, 2)
+        figures["best_stft3_top1"] = round(best[2], 4) if best else float("nan")
+        print(
+            f"\nquick matrix: {len(outcome.records)} trials in {minutes:.1f} min (target 20); "
+            f"failed: {len(outcome.failed)}"
+        )
+        if best:
+            print(f"best stft3 pair: {best[0]} > {best[1]}  top-1 {best[2]:.4f}")
+    ray.shutdown()
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
