@@ -200,6 +200,42 @@ def _inject_fault(kind: str, epoch: int, step: int, rank: int) -> str | None:
     return kind
 
 
+@dataclass
+class EarlyStopping:
+    """Stop once ``patience`` epochs pass without a new best of a maximised metric
+    (QUACLRS 4.6: validation accuracy). ``patience=None`` never stops."""
+
+    patience: int | None
+    best: float = -math.inf
+    epochs_since_best: int = 0
+
+    def update(self, value: float | None, epochs_elapsed: int) -> bool:
+        """Record an evaluation; True when training should stop."""
+        if self.patience is None or value is None:
+            return False
+        if value > self.best:
+            self.best, self.epochs_since_best = value, 0
+        else:
+            self.epochs_since_best += epochs_elapsed
+        return self.epochs_since_best >= self.patience
+
+    def state_dict(self) -> dict[str, float]:
+        return {"best": self.best, "epochs_since_best": self.epochs_since_best}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.best, self.epochs_since_best = state["best"], int(state["epochs_since_best"])
+
+
+def _broadcast_from_main(value: float | None, world: int, device: torch.device) -> float | None:
+    """Rank 0's value on every rank (None travels as NaN)."""
+    if world == 1:
+        return value
+    carrier = torch.tensor([math.nan if value is None else value], device=device)
+    dist.broadcast(carrier, src=0)
+    received = float(carrier.item())
+    return None if math.isnan(received) else received
+
+
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") else model
 
@@ -227,11 +263,13 @@ def load_trial_data(cfg: ExperimentConfig, progress: bool) -> TrialData:
     labelled = split.train_labels[split.train_labels >= 0]
     class_counts = np.bincount(labelled, minlength=num_classes)
     watched = cfg.train.early_stopping_metric
-    if cfg.train.early_stopping_patience and watched.startswith("val_") and not len(split.val):
+    uses_metric = cfg.train.early_stopping_patience or cfg.optim.schedule == "plateau"
+    if uses_metric and watched.startswith("val_") and not len(split.val):
         raise ValueError(
-            f"train.early_stopping_metric={watched!r} needs a validation split, and "
-            f"{cfg.data.dataset!r} with split_scheme={cfg.data.split_scheme!r} has none; "
-            f"use a test_ metric or another split scheme"
+            f"train.early_stopping_metric={watched!r} (watched by early stopping and the "
+            f"plateau schedule) needs a validation split, and {cfg.data.dataset!r} with "
+            f"split_scheme={cfg.data.split_scheme!r} has none; use a test_ metric or another "
+            f"split scheme"
         )
     return TrialData(cache, split, num_classes, class_counts)
 
@@ -286,7 +324,8 @@ def run_loop(cfg: ExperimentConfig, context: TrialContext) -> dict[str, float]:
     amp_dtype, needs_scaler = _amp_settings(cfg.train.amp, device)
     scaler = torch.amp.GradScaler("cuda", enabled=needs_scaler)
 
-    start_epoch, run_id, best, since_best = 0, None, -math.inf, 0
+    start_epoch, run_id = 0, None
+    stopper = EarlyStopping(cfg.train.early_stopping_patience)
     restore_dir = context.latest_checkpoint_dir()
     if restore_dir is not None:
         state = load_checkpoint(restore_dir)
@@ -296,7 +335,7 @@ def run_loop(cfg: ExperimentConfig, context: TrialContext) -> dict[str, float]:
         scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["torch_rng"])
         start_epoch, run_id = state["epoch"] + 1, state.get("mlflow_run_id") or None
-        best, since_best = state["best"], state["since_best"]
+        stopper.load_state_dict(state["early_stopping"])
 
     tracker = None
     if is_main:
@@ -326,6 +365,7 @@ def run_loop(cfg: ExperimentConfig, context: TrialContext) -> dict[str, float]:
             )
             last = epoch == cfg.train.epochs - 1
             evaluation: dict[str, EvaluationResult] = {}
+            watched = None
             if (epoch + 1) % cfg.train.eval_every == 0 or last:
                 if is_main:
                     evaluation = evaluate_encoder(
@@ -333,18 +373,13 @@ def run_loop(cfg: ExperimentConfig, context: TrialContext) -> dict[str, float]:
                     )
                     for result in evaluation.values():
                         metrics.update(result.metrics())
-                if world > 1:
-                    dist.barrier()
-            stop = False
-            watched = metrics.get(cfg.train.early_stopping_metric)
-            if cfg.train.early_stopping_patience and watched is not None:
-                if watched > best:
-                    best, since_best = watched, 0
-                else:
-                    since_best += cfg.train.eval_every
-                stop = since_best >= cfg.train.early_stopping_patience
+                    watched = metrics.get(cfg.train.early_stopping_metric)
+                # Every rank must take the same stop and learning-rate decisions.
+                watched = _broadcast_from_main(watched, world, device)
+            stop = stopper.update(watched, epochs_elapsed=cfg.train.eval_every)
             metrics["early_stopped"] = float(stop)
-            scheduler.step_epoch(watched)
+            if watched is not None or cfg.optim.schedule != "plateau":
+                scheduler.step_epoch(watched)
 
             checkpoint_dir = None
             if is_main:
@@ -359,8 +394,7 @@ def run_loop(cfg: ExperimentConfig, context: TrialContext) -> dict[str, float]:
                         "scaler": scaler.state_dict(),
                         "torch_rng": torch.get_rng_state(),
                         "mlflow_run_id": tracker.run_id if tracker else "",
-                        "best": best,
-                        "since_best": since_best,
+                        "early_stopping": stopper.state_dict(),
                     },
                 )
                 tracker.log_metrics(metrics, step=epoch)

@@ -199,3 +199,43 @@ def test_epoch_batches_shard_the_global_batch():
     assert not np.array_equal(
         single[0][0], next(epoch_batches(train, 8, epoch=4, seed=1, rank=0, world_size=1))[0]
     )
+
+
+def test_early_stopping_counts_epochs_without_improvement():
+    from core.train import EarlyStopping
+
+    stopper = EarlyStopping(patience=4)
+    assert not stopper.update(0.5, epochs_elapsed=2)
+    assert not stopper.update(0.6, epochs_elapsed=2)
+    assert not stopper.update(0.6, epochs_elapsed=2)  # equal is no improvement: 2 epochs
+    assert stopper.update(0.55, epochs_elapsed=2)  # 4 epochs without a new best
+    restored = EarlyStopping(patience=4)
+    restored.load_state_dict(stopper.state_dict())
+    assert (restored.best, restored.epochs_since_best) == (0.6, 4)
+    assert not EarlyStopping(patience=None).update(0.1, epochs_elapsed=1)
+
+
+@pytest.mark.slow
+def test_early_stopping_ends_the_trial_in_the_loop(fsdd_root, cache_dir, mlflow_store, tmp_path):
+    # The watched value must fall deterministically for the test: the learning rate under
+    # cosine decay does, so watching it makes the loop stop after `patience` epochs.
+    cfg = small_config(
+        fsdd_root,
+        cache_dir,
+        mlflow_store,
+        tmp_path.name,
+        optim={"schedule": "warmup_cosine", "warmup_epochs": 0},
+        train={
+            "epochs": 6,
+            "eval_every": 1,
+            "eval_epochs": 1,
+            "max_steps_per_epoch": 1,
+            "early_stopping_patience": 1,
+            "early_stopping_metric": "lr",
+        },
+    )
+    reports = KeepCheckpoints(tmp_path / "ckpt")
+    run_loop(cfg, CallbackContext(reports))
+    assert [m["early_stopped"] for m in reports.metrics] == [0.0, 1.0]
+    (run,) = runs_of(cfg)
+    assert run.info.status == "FINISHED"
