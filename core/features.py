@@ -293,17 +293,20 @@ class STFT3(FrontEnd):
 
     def features(self, x: Tensor) -> Tensor:
         real, imag = self.linear(x)
-        power = real.square() + imag.square()
-        mel = log_power(torch.matmul(self.mel_basis, power), self.log_floor)
+        power = torch.addcmul(real * real, imag, imag)
+        mel_power = torch.matmul(self.mel_basis, power)
         if self.out_channels == 1:
-            return mel[:, None]
+            return log_power(mel_power, self.log_floor)[:, None]
         if self.binned is not None:
             real, imag = self.binned(x)
-            power = real.square() + imag.square()
+            power = torch.addcmul(real * real, imag, imag)
         bins = self.params["n_bins"]
-        out = mel.new_empty(mel.shape[0], 3, bins, mel.shape[-1])
-        torch.log10(power[:, :bins].clamp(min=self.log_floor), out=out[:, 0]).mul_(10.0)
-        out[:, 1] = mel
+        # Each channel is written straight into the output (no stacking copy), clamping
+        # the power temporaries in place: this front end runs on every view of every batch.
+        out = power.new_empty(power.shape[0], 3, bins, power.shape[-1])
+        floor = self.log_floor
+        torch.log10(power[:, :bins].clamp_(min=floor), out=out[:, 0]).mul_(10.0)
+        torch.log10(mel_power.clamp_(min=floor), out=out[:, 1]).mul_(10.0)
         torch.atan2(imag[:, :bins], real[:, :bins], out=out[:, 2])
         return out
 
