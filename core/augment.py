@@ -39,9 +39,8 @@ them); all maths on contiguous planar real tensors, where atan2 / sin / cos vect
 resampling between small integer rates with cached kernels (pitch shift); and on CPU,
 chunks of clips small enough to stay in cache.
 
-Measured with ``bench/augment.py`` (256 clips x 1 s at 16 kHz, one busy CPU thread): PS
-4.3x and TST 7.9x faster than librosa's per-clip loop, PS 16x faster than
-torch-audiomentations.
+Measured with ``bench/augment.py`` (256 clips x 1 s at 16 kHz, 2 CPU threads): PS 5x and
+TST 6x faster than librosa's per-clip loop, PS 18x faster than torch-audiomentations.
 """
 
 from __future__ import annotations
