@@ -236,6 +236,15 @@ def _broadcast_from_main(value: float | None, world: int, device: torch.device) 
     return None if math.isnan(received) else received
 
 
+def _finish_completed_run(cfg: ExperimentConfig, run_id: str) -> None:
+    """Mark a completed trial's MLflow run FINISHED unless it already is (then untouched)."""
+    from core.tracking import TrialRun, resolve_tracking_uri, tracking_client
+
+    client = tracking_client(resolve_tracking_uri(cfg.tracking))
+    if client.get_run(run_id).info.status != "FINISHED":
+        TrialRun.open(cfg, run_id=run_id).finish("FINISHED")
+
+
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") else model
 
@@ -336,6 +345,12 @@ def run_loop(cfg: ExperimentConfig, context: TrialContext) -> dict[str, float]:
         torch.set_rng_state(state["torch_rng"])
         start_epoch, run_id = state["epoch"] + 1, state.get("mlflow_run_id") or None
         stopper.load_state_dict(state["early_stopping"])
+        if state["finished"]:
+            # The trial had ended (last epoch or early stop) when its host was interrupted:
+            # nothing is left to train; only make sure its MLflow run says so.
+            if is_main and run_id:
+                _finish_completed_run(cfg, run_id)
+            return dict(state["metrics"])
 
     tracker = None
     if is_main:
@@ -395,6 +410,8 @@ def run_loop(cfg: ExperimentConfig, context: TrialContext) -> dict[str, float]:
                         "torch_rng": torch.get_rng_state(),
                         "mlflow_run_id": tracker.run_id if tracker else "",
                         "early_stopping": stopper.state_dict(),
+                        "finished": stop or last,
+                        "metrics": metrics,
                     },
                 )
                 tracker.log_metrics(metrics, step=epoch)

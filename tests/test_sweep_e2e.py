@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from core.report import read_matrix_csv
-from core.sweep import SweepRequest, run_sweep
+from core.sweep import SweepRequest, init_ray, run_sweep
 from core.tracking import find_trial_runs, tracking_client
 
 pytestmark = pytest.mark.slow
@@ -52,7 +52,7 @@ def ray_cluster():
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    init_ray(num_cpus=2)
     try:
         yield ray.cluster_resources()
     finally:

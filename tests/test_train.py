@@ -137,6 +137,16 @@ def test_restart_from_checkpoint_matches_uninterrupted_run(
     ]
     assert sorted(steps) == [0, 1]
 
+    # Restarting from the last epoch's checkpoint (a host interrupted after the trial ended)
+    # trains nothing, reports nothing and leaves the finished MLflow run as it was.
+    again = KeepCheckpoints(tmp_path / "c-ckpt")
+    final = run_loop(
+        resumed_cfg, CallbackContext(again, restore_dir=tmp_path / "b-ckpt" / "epoch1")
+    )
+    assert again.metrics == [] and final["loss"] == second.metrics[0]["loss"]
+    (unchanged,) = runs_of(resumed_cfg)
+    assert (unchanged.info.status, unchanged.info.end_time) == ("FINISHED", run.info.end_time)
+
 
 @pytest.mark.slow
 def test_clar_with_ten_percent_labels_logs_both_components(
