@@ -100,26 +100,43 @@ def _chunks(batch: int, device: torch.device) -> list[slice]:
 FADE_SHAPES = ("linear", "logarithmic", "exponential")
 
 
-def fade_in_gain(positions: int, lengths: Tensor, shape: Tensor) -> Tensor:
+def _fade_curve(ramp: Tensor, shape: int) -> Tensor:
+    """torchaudio's fade curve of shape index ``shape`` at ``ramp`` in [0, 1], in place."""
+    if shape == 1:
+        return ramp.add_(0.1).log10_().add_(1.0).clamp_(0.0, 1.0)
+    if shape == 2:
+        return torch.exp2(ramp - 1).mul_(ramp)
+    return ramp
+
+
+def fade_in_gain(
+    positions: int, lengths: Tensor, shape: Tensor | int, descending: bool = False
+) -> Tensor:
     """Fade-in gain ``(B, positions)`` for per-sample fade lengths and shape indices.
 
     The ramp runs 0 -> 1 over each fade exactly like ``torch.linspace(0, 1, n)`` and is 1
     after it, so a fade of n samples equals torchaudio's ``Fade(n, ...)`` sample for sample.
     torchaudio's fade-out gain at ramp r equals its fade-in gain at 1 - r for all three
-    shapes, so a fade-out is this gain reversed in time (see :func:`fade`).
+    shapes, so a fade-out is this gain reversed in time: ``descending=True`` gives it
+    directly, for the last ``positions`` samples of a clip. ``shape`` is a tensor of
+    per-clip indices, or one index for the whole batch (only that curve is computed).
     """
-    index = torch.arange(positions, device=lengths.device, dtype=torch.float32)[None, :]
+    if descending:
+        index = torch.arange(positions - 1, -1, -1, device=lengths.device, dtype=torch.float32)
+    else:
+        index = torch.arange(positions, device=lengths.device, dtype=torch.float32)
     # ramp = index / (L - 1) clamped to 1, written as one fused (index + offset) * scale:
     # L = 1 gives [0, 1, 1, ...] (linspace(0, 1, 1) = [0]); L = 0 gives all ones (no fade).
     lengths = lengths[:, None]
     scale = torch.where(lengths >= 2, 1.0 / (lengths - 1).clamp(min=1).float(), 1e9)
     offset = (lengths == 0).float()
-    ramp = torch.addcmul(offset * scale, index, scale).clamp_(max=1.0)
+    ramp = torch.addcmul(offset * scale, index[None, :], scale).clamp_(max=1.0)
+    if isinstance(shape, int):
+        return _fade_curve(ramp, shape)
     shape = shape[:, None]
-    logarithmic = torch.log10(ramp + 0.1).add_(1.0)
-    exponential = torch.exp2(ramp - 1).mul_(ramp)
-    gain = torch.where(shape == 0, ramp, torch.where(shape == 1, logarithmic, exponential))
-    return gain.clamp_(0.0, 1.0)
+    logarithmic = _fade_curve(ramp.clone(), 1)
+    exponential = _fade_curve(ramp, 2)
+    return torch.where(shape == 0, ramp, torch.where(shape == 1, logarithmic, exponential))
 
 
 def fade(x: Tensor, generator: torch.Generator, cfg: AugmentConfig, sample_rate: int) -> Tensor:
@@ -149,11 +166,53 @@ def apply_fade(x: Tensor, fade_in: Tensor, fade_out: Tensor, shape: Tensor) -> T
     half = length // 2
     # torchaudio's 1-sample fade-out is linspace(0, 1, 1) = [0], i.e. gain 1: a no-op.
     fade_out = torch.where(fade_out == 1, torch.zeros_like(fade_out), fade_out)
-    out = x.float().clone()
-    for part in _chunks(batch, x.device):
-        out[part, :half] *= fade_in_gain(half, fade_in[part], shape[part])
-        out[part, length - half :] *= fade_in_gain(half, fade_out[part], shape[part]).flip(1)
+    out = x.to(torch.float32, copy=True)
+    if x.device.type != "cpu":
+        # One pass over the whole batch: on an accelerator the launches cost, not the maths.
+        out[:, :half] *= fade_in_gain(half, fade_in, shape)
+        out[:, length - half :] *= fade_in_gain(half, fade_out, shape, descending=True)
+        return out.to(x.dtype)
+    # On CPU the maths costs: fades average a quarter of the clip, and each clip needs one
+    # curve of three. Clips are grouped by shape and sorted by fade length, so each group of
+    # rows computes one curve over just the samples its longest fade reaches.
+    for lengths, descending in ((fade_in, False), (fade_out, True)):
+        for rows, width, group_shape in _fade_groups(lengths, shape):
+            gain = fade_in_gain(width, lengths[rows], group_shape, descending)
+            columns = slice(length - width, length) if descending else slice(0, width)
+            out[rows, columns] *= gain
     return out.to(x.dtype)
+
+
+def _fade_groups(
+    lengths: Tensor, shape: Tensor, max_cells: int = 1 << 17
+) -> list[tuple[Tensor, int, int]]:
+    """``(rows, width, shape)`` groups of clips sharing a fade shape, for the CPU path.
+
+    Clips are sorted by (shape, length) and cut into groups of at most ``max_cells`` gain
+    values (512 KB of float32, cache-sized); ``width`` is the group's longest fade. Clips
+    without a fade are left out.
+    """
+    pairs = sorted(
+        (int(s), int(n), row)
+        for row, (s, n) in enumerate(zip(shape.tolist(), lengths.tolist(), strict=True))
+        if n > 0
+    )
+    groups: list[tuple[Tensor, int, int]] = []
+    start = 0
+    while start < len(pairs):
+        group_shape = pairs[start][0]
+        end = start + 1
+        # Sorted by length within a shape, so the last row of a group is its widest.
+        while (
+            end < len(pairs)
+            and pairs[end][0] == group_shape
+            and pairs[end][1] * (end + 1 - start) <= max_cells
+        ):
+            end += 1
+        rows = torch.tensor([row for _, _, row in pairs[start:end]], device=lengths.device)
+        groups.append((rows, pairs[end - 1][1], group_shape))
+        start = end
+    return groups
 
 
 def _mean_square(x: Tensor) -> Tensor:

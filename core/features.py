@@ -243,22 +243,63 @@ class _STFT(torch.nn.Module):
         self.hop = params["hop_length"]
         self.pad = n_fft // 2
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Real and imaginary parts ``(B, bins, frames)`` of the centred STFT."""
+    def uses_fft(self, x: Tensor) -> bool:
+        """Whether ``x`` goes through the real FFT (True) or nnAudio's convolution."""
+        return self.backend == "fft" or (self.backend == "auto" and x.device.type == "cpu")
+
+    def _check_length(self, x: Tensor) -> None:
         if x.shape[-1] <= self.pad:
             raise ValueError(
                 f"clips of {x.shape[-1]} samples are shorter than the reflect padding "
                 f"{self.pad} (n_fft/2); lower frontend.n_fft or lengthen data.clip_seconds"
             )
-        padded = F.pad(x[:, None], (self.pad, self.pad), mode="reflect")
-        use_fft = self.backend == "fft" or (self.backend == "auto" and x.device.type == "cpu")
-        if use_fft:
-            frames = padded[:, 0].unfold(-1, self.n_fft, self.hop) * self.window
-            spectrum = torch.fft.rfft(frames, dim=-1)  # (B, frames, bins) complex
+
+    def windowed_frames(self, x: Tensor) -> Tensor:
+        """Windowed frames ``(B, frames, n_fft)`` of the reflect-padded, centred clip.
+
+        Frame k reads ``x[k*hop - pad : k*hop - pad + n_fft]``. Only the few frames at each
+        end reach into the padding, so those are built from short reflected pieces and the
+        rest straight from ``x``: padding the whole clip first would copy every sample once
+        more for nothing (as much time as the FFT itself on CPU).
+        """
+        self._check_length(x)
+        batch, length = x.shape
+        n_fft, hop, pad = self.n_fft, self.hop, self.pad
+        count = 1 + (length + 2 * pad - n_fft) // hop
+        frames = x.new_empty(batch, count, n_fft)
+        first = -(-pad // hop)  # the first frame that lies inside x
+        last = (length + pad - n_fft) // hop  # the last one
+        if first > last:  # a clip shorter than a frame or two: every frame touches the padding
+            padded = F.pad(x[:, None], (pad, pad), mode="reflect")[:, 0]
+            return torch.mul(padded.unfold(-1, n_fft, hop), self.window, out=frames)
+        inner = x[:, first * hop - pad : last * hop - pad + n_fft]
+        torch.mul(inner.unfold(-1, n_fft, hop), self.window, out=frames[:, first : last + 1])
+        if first > 0:  # reflect padding: padded[i] = x[pad - i] for i < pad
+            head = torch.cat(
+                [x[:, 1 : pad + 1].flip(-1), x[:, : (first - 1) * hop + n_fft - pad]], 1
+            )
+            torch.mul(head.unfold(-1, n_fft, hop), self.window, out=frames[:, :first])
+        if last + 1 < count:  # and padded[pad + length + j] = x[length - 2 - j]
+            tail = torch.cat(
+                [x[:, (last + 1) * hop - pad :], x[:, length - 1 - pad : length - 1].flip(-1)], 1
+            )
+            tail_frames = tail.unfold(-1, n_fft, hop)[:, : count - last - 1]
+            torch.mul(tail_frames, self.window, out=frames[:, last + 1 :])
+        return frames
+
+    def spectrum(self, x: Tensor) -> Tensor:
+        """The complex spectrum ``(B, frames, bins)`` by real FFT (full linear bins only)."""
+        return torch.fft.rfft(self.windowed_frames(x), dim=-1)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Real and imaginary parts ``(B, bins, frames)`` of the centred STFT."""
+        if self.uses_fft(x):
             # One copy to contiguous planar (2, B, bins, frames): the element-wise maths
             # after this (power, log, atan2) is 10x slower on interleaved strided views.
-            planes = torch.view_as_real(spectrum).permute(3, 0, 2, 1).contiguous()
+            planes = torch.view_as_real(self.spectrum(x)).permute(3, 0, 2, 1).contiguous()
             return planes[0], planes[1]
+        self._check_length(x)
+        padded = F.pad(x[:, None], (self.pad, self.pad), mode="reflect")
         out = F.conv1d(padded, self.kernel, stride=self.hop)
         return out[:, : self.bins], -out[:, self.bins :]
 

@@ -46,6 +46,7 @@ from core.config import (
     deep_merge,
     known_fields,
 )
+from core.memory import release_freed_memory
 from core.report import (
     FAILED,
     FINISHED,
@@ -526,16 +527,6 @@ def plan_resources(
 _TRIAL_ENV = {"MALLOC_ARENA_MAX": "2"}
 
 
-def _release_freed_memory() -> None:
-    """Return freed heap pages to the OS after a trial (glibc only; a no-op elsewhere)."""
-    import ctypes
-    import gc
-
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
 def run_trial(params: dict[str, Any]) -> None:
     """The Tune function trainable: one grid cell, trained by :mod:`core.train`.
 
@@ -554,7 +545,7 @@ def run_trial(params: dict[str, Any]) -> None:
         _ensure_failed_run(config, error)
         raise
     finally:
-        _release_freed_memory()
+        release_freed_memory()
 
 
 def _run_worker_group(config: ExperimentConfig, trial_id: str, execution: dict[str, Any]) -> None:

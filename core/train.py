@@ -38,6 +38,7 @@ from core.data.cache import AudioCache
 from core.data.splits import Split, make_split
 from core.evaluate import EvaluationResult, evaluate_encoder
 from core.features import build_frontend
+from core.memory import keep_freed_pages
 from core.methods import build_method
 from core.models import build_encoder
 from core.models.norm import convert_for_distributed
@@ -304,6 +305,8 @@ def run_loop(cfg: ExperimentConfig, context: TrialContext) -> dict[str, float]:
 
     rank, world, device = context.rank, context.world_size, context.device
     is_main = rank == 0
+    if device.type == "cpu":
+        keep_freed_pages()  # every batch reuses the last one's pages (see core.memory)
     seed_everything(cfg.train.seed)  # same init on every rank; DDP broadcasts it anyway
 
     # Everything that can fail on bad input fails here, before any training.

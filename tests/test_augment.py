@@ -205,6 +205,24 @@ def test_fade_equals_torchaudio(shape_index: int, fade_in: int, fade_out: int):
     torch.testing.assert_close(ours, reference, atol=1e-6, rtol=1e-5)
 
 
+def test_batched_fade_equals_torchaudio_clip_by_clip():
+    """A batch mixing shapes and lengths, so the CPU path's (shape, length) groups
+    (several per shape, clips without a fade left out) all meet torchaudio's Fade."""
+    clips, length = 96, 4000
+    generator = _gen(5)
+    x = torch.randn(clips, length, generator=generator)
+    fade_in = torch.randint(0, length // 2 + 1, (clips,), generator=generator)
+    fade_out = torch.randint(0, length // 2 + 1, (clips,), generator=generator)
+    fade_in[:4], fade_out[4:8] = 0, 1
+    shape = torch.randint(0, 3, (clips,), generator=generator)
+    ours = apply_fade(x, fade_in, fade_out, shape)
+    for clip in range(clips):
+        fader = torchaudio.transforms.Fade(
+            int(fade_in[clip]), int(fade_out[clip]), FADE_SHAPES[int(shape[clip])]
+        )
+        torch.testing.assert_close(ours[clip], fader(x[clip]), atol=1e-6, rtol=1e-5)
+
+
 def test_fade_lengths_stay_within_half_the_clip(speech: torch.Tensor):
     ones = torch.ones(64, 1000)
     out = SIGNAL_AUGMENTATIONS["FD"](ones, _gen(1), AugmentConfig(), SR)

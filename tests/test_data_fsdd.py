@@ -109,11 +109,16 @@ def test_batch_is_one_gather_equal_to_items(fsdd_cache: AudioCache) -> None:
     assert label.dtype == torch.int64 and int(label) == fsdd_cache.labels[indices[7]]
     waveform.add_(1.0)  # items are private copies: the shared cache must not change
     assert torch.equal(fsdd_cache.batch(indices[7:8])[0], batch[7])
+    stored = batch[7].clone()
+    batch.add_(1.0)  # and neither may a batch, which shares nothing with the memmap
+    assert torch.equal(fsdd_cache.batch(indices[7:8])[0], stored)
+    last = fsdd_cache.batch(np.array([-1, len(fsdd_cache) - 1]))  # numpy-style negatives
+    assert torch.equal(last[0], last[1])
     with pytest.raises(IndexError):
         fsdd_cache.batch(np.array([3_000]))
     # Pickling (DataLoader workers, Ray) reopens the memmap instead of copying 90 MB.
     assert len(pickle.dumps(dataset)) < 200_000
-    assert torch.equal(pickle.loads(pickle.dumps(dataset))[7][0], batch[7])
+    assert torch.equal(pickle.loads(pickle.dumps(dataset))[7][0], stored)
 
 
 def test_second_open_reuses_the_cache(fsdd_cache: AudioCache, fsdd_config: DataConfig) -> None:

@@ -172,3 +172,16 @@ def test_bad_frontend_settings_are_explained():
         build_frontend(FrontendConfig(name="mel", setting="quaclrs"), 48_000)(torch.zeros(1, 500))
     with pytest.raises(ConfigError, match="frontend.name"):
         ExperimentConfig.from_dict({"frontend": {"name": "cqt"}})
+
+
+@pytest.mark.parametrize(("n_fft", "hop"), [(256, 128), (2048, 512), (255, 100), (64, 200)])
+def test_frames_without_full_padding_equal_reflect_padded_frames(n_fft: int, hop: int):
+    """The FFT path reflect-pads only the edge frames; every frame must equal the one cut
+    from the fully padded clip, for clip lengths around the frame and hop boundaries."""
+    cfg = FrontendConfig(name="mel", setting="quaclrs", n_fft=n_fft, hop_length=hop, fmax=4e3)
+    stft = build_frontend(cfg, SR).linear
+    for length in (n_fft // 2 + 1, n_fft, n_fft + 7, 3000, 16000, 16001):
+        x = torch.randn(3, length)
+        padded = torch.nn.functional.pad(x[:, None], (stft.pad, stft.pad), mode="reflect")
+        reference = padded[:, 0].unfold(-1, n_fft, hop) * stft.window
+        assert torch.equal(stft.windowed_frames(x), reference), f"length {length}"
