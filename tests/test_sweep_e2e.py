@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from core.report import read_matrix_csv
-from core.sweep import SweepRequest, init_ray, run_sweep
+from core.sweep import _TRIAL_ENV, SweepRequest, init_ray, run_sweep
 from core.tracking import find_trial_runs, tracking_client
 
 pytestmark = pytest.mark.slow
@@ -220,3 +220,16 @@ def test_interrupt_resume_and_failed_cell(
     assert matrix_csv[2].split(",")[1] == "failed"  # row FD (first), column PS (second)
     record = next(r for r in resumed.records if r.trial_id == "stft3-FD-PS")
     assert "batch_size=4096" in record.error
+
+
+def test_trial_processes_get_the_trial_environment(ray_cluster) -> None:
+    """Every Ray worker of the job (trial actors, and through Ray Train's propagation its
+    controller) sees the capped malloc arenas and the short Ray Train health-check period."""
+    import ray
+
+    @ray.remote(num_cpus=0)
+    def environment() -> dict[str, str | None]:
+        return {name: os.environ.get(name) for name in _TRIAL_ENV}
+
+    assert ray.get(environment.remote()) == _TRIAL_ENV
+    assert float(_TRIAL_ENV["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"]) < 2.0  # Ray's default

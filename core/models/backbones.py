@@ -14,7 +14,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import torchvision.models as tvm
 from torch import Tensor, nn
 
 from core.models.resnet import ResNet, resnet18_1d, resnet18_2d
@@ -144,6 +143,10 @@ def adapt_first_conv(model: nn.Module, in_channels: int) -> None:
 
 def _torchvision(name: str, in_channels: int, pretrained: Path | None) -> Encoder:
     """A torchvision backbone's trunk, random init unless ``pretrained`` is a local file."""
+    # Imported here, not at the top: torchvision takes a second to import, and every
+    # fresh training worker process imports this module whatever encoder it builds.
+    import torchvision.models as tvm
+
     if name == "inception_v3":
         net = tvm.inception_v3(weights=None, aux_logits=False, init_weights=True)
     else:
