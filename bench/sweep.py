@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -63,6 +64,47 @@ def reference_seconds(request: SweepRequest) -> float:
     for config in configs:
         run_loop(config, CallbackContext())
     return time.perf_counter() - started
+
+
+def _busy_cpu_seconds() -> float:
+    """CPU time all processes of this machine have used so far (Linux /proc/stat)."""
+    with open("/proc/stat") as stat:
+        ticks = [int(value) for value in stat.readline().split()[1:]]
+    idle = ticks[3] + ticks[4]  # idle and iowait
+    return (sum(ticks) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _no_op(config: dict[str, object]) -> None:
+    """The emptiest training function: what remains of a fit is Ray Train's own cost."""
+
+
+def bare_torch_trainer(storage: Path, runs: int = 3) -> tuple[float, float]:
+    """Median wall seconds and machine CPU seconds of ``TorchTrainer.fit`` on a no-op
+    function (1 worker, gloo), with the trial environment's settings.
+
+    The floor under the TorchTrainer path's overhead: each fit starts fresh processes
+    (controller, worker, synchronisation actor, placement-group cleaner, dataset manager)
+    that each import Ray, so on a small machine it is CPU-bound.
+    """
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from core.sweep import _TRIAL_ENV
+
+    os.environ.update({k: os.environ.get(k, v) for k, v in _TRIAL_ENV.items()})
+    walls, cpus = [], []
+    for run in range(runs + 1):  # the first run warms the cluster up
+        cpu, started = _busy_cpu_seconds(), time.perf_counter()
+        TorchTrainer(
+            _no_op,
+            torch_config=TorchConfig(backend="gloo"),
+            scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
+            run_config=RunConfig(name=f"bare-{run}", storage_path=str(storage)),
+        ).fit()
+        if run:
+            walls.append(time.perf_counter() - started)
+            cpus.append(_busy_cpu_seconds() - cpu)
+    return statistics.median(walls), statistics.median(cpus)
 
 
 def sweep_seconds(request: SweepRequest) -> tuple[float, int]:
@@ -124,6 +166,9 @@ def main() -> None:
         rows.append((label, trials, wall / trials, reference / trials, overhead))
 
     if rows:
+        bare_wall, bare_cpu = bare_torch_trainer(work / "bare")
+        figures["bare_torch_trainer_fit_s"] = round(bare_wall, 2)
+        figures["bare_torch_trainer_cpu_s"] = round(bare_cpu, 2)
         print("\nper-trial wall time, trials one at a time, warm local Ray")
         print(
             f"{'path':<34}{'trials':>7}{'sweep s/trial':>14}{'direct s/trial':>16}"
@@ -132,6 +177,10 @@ def main() -> None:
         for label, trials, per_trial, direct, overhead in rows:
             print(f"{label:<34}{trials:>7}{per_trial:>14.2f}{direct:>16.2f}{overhead:>12.2f}")
         print("targets: overhead <= 2 s (in-process), <= 10 s (TorchTrainer)")
+        print(
+            f"a bare TorchTrainer.fit of a no-op function: {bare_wall:.2f} s wall, "
+            f"{bare_cpu:.1f} CPU-seconds over the machine's {os.cpu_count()} cores"
+        )
 
     if args.full:
         outcome = run_sweep(

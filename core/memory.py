@@ -25,6 +25,8 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 # Freed memory at the top of the heap is kept up to this much (glibc's default is 128 KB).
 _KEEP_BYTES = 1 << 30
+# Whether release_freed_memory has frozen the long-lived objects yet (once per process).
+_frozen = False
 
 
 def _libc() -> ctypes.CDLL | None:
@@ -53,8 +55,19 @@ def keep_freed_pages() -> bool:
 
 
 def release_freed_memory() -> None:
-    """Return freed heap pages to the OS, e.g. after a trial (glibc only; else a no-op)."""
+    """Collect garbage and return freed heap pages to the OS, e.g. after a trial.
+
+    The first call moves every object that survives it (modules, Ray's actor state, the
+    caches a trial leaves behind) into gc's permanent generation (``gc.freeze``), so later
+    calls scan only what the trials since created: a full collection over torch's, Ray's
+    and MLflow's objects took 0.4 s, more than a third of a quick trial. The trim is
+    glibc only (else a no-op).
+    """
+    global _frozen
     gc.collect()
+    if not _frozen:
+        gc.freeze()
+        _frozen = True
     libc = _libc()
     if libc is not None:
         with contextlib.suppress(AttributeError):
