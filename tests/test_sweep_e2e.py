@@ -233,3 +233,26 @@ def test_trial_processes_get_the_trial_environment(ray_cluster) -> None:
 
     assert ray.get(environment.remote()) == _TRIAL_ENV
     assert float(_TRIAL_ENV["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"]) < 2.0  # Ray's default
+
+
+def test_a_two_worker_trial_runs_through_a_torch_trainer(
+    ray_cluster, fsdd_root: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    """A cell with two workers goes through Ray Train (gloo on CPU) inside its Tune trial;
+    rank 0 logs the child run, and Tune records the reports relayed by the callback."""
+    request = SweepRequest(
+        preset="quick",
+        overrides=_tiny(fsdd_root, cache_dir),
+        axis_values={"augment.pipeline": ["FD"], "frontend.name": ["stft3"]},
+        workers_per_trial=2,
+        results_dir=tmp_path / "results",
+        command_line="pytest e2e torch trainer",
+    )
+    outcome = run_sweep(request)
+    assert outcome.resources.use_torch_trainer
+    assert [r.status for r in outcome.records] == ["FINISHED"]
+    assert 0.0 <= outcome.records[0].metrics["test_top1"] <= 1.0
+    (child,) = find_trial_runs(outcome.tracking_uri, outcome.parent_run_id)
+    assert child.info.status == "FINISHED"
+    assert child.data.params["train.num_workers"] == "2"
+    assert {"loss", "test_top1", "test_macro_f1"} <= set(child.data.metrics)
