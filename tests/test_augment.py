@@ -23,6 +23,7 @@ from core.augment import (
     build_signal_pipeline,
     build_spec_pipeline,
     colored_noise,
+    fade_in_gain,
     pitch_shift_batch,
     semitone_ratio,
     time_stretch_batch,
@@ -221,6 +222,19 @@ def test_batched_fade_equals_torchaudio_clip_by_clip():
             int(fade_in[clip]), int(fade_out[clip]), FADE_SHAPES[int(shape[clip])]
         )
         torch.testing.assert_close(ours[clip], fader(x[clip]), atol=1e-6, rtol=1e-5)
+
+
+def test_whole_batch_fade_gain_equals_the_per_shape_gain():
+    """The accelerator path computes all three curves and picks one per clip with
+    ``where``; on CPU each group computes its own: both must give the same gains."""
+    generator = _gen(6)
+    lengths = torch.randint(0, 501, (30,), generator=generator)
+    shape = torch.arange(30) % 3
+    for descending in (False, True):
+        together = fade_in_gain(500, lengths, shape, descending)
+        for clip in range(30):
+            alone = fade_in_gain(500, lengths[clip : clip + 1], int(shape[clip]), descending)
+            torch.testing.assert_close(together[clip], alone[0], atol=1e-7, rtol=1e-6)
 
 
 def test_fade_lengths_stay_within_half_the_clip(speech: torch.Tensor):
