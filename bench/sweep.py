@@ -89,9 +89,9 @@ def bare_torch_trainer(storage: Path, runs: int = 3) -> tuple[float, float]:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from core.sweep import _TRIAL_ENV
+    from core.sweep import trial_environment
 
-    os.environ.update({k: os.environ.get(k, v) for k, v in _TRIAL_ENV.items()})
+    os.environ.update(trial_environment())
     walls, cpus = [], []
     for run in range(runs + 1):  # the first run warms the cluster up
         cpu, started = _busy_cpu_seconds(), time.perf_counter()

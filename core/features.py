@@ -243,10 +243,6 @@ class _STFT(torch.nn.Module):
         self.hop = params["hop_length"]
         self.pad = n_fft // 2
 
-    def uses_fft(self, x: Tensor) -> bool:
-        """Whether ``x`` goes through the real FFT (True) or nnAudio's convolution."""
-        return self.backend == "fft" or (self.backend == "auto" and x.device.type == "cpu")
-
     def _check_length(self, x: Tensor) -> None:
         if x.shape[-1] <= self.pad:
             raise ValueError(
@@ -287,16 +283,13 @@ class _STFT(torch.nn.Module):
             torch.mul(tail_frames, self.window, out=frames[:, last + 1 :])
         return frames
 
-    def spectrum(self, x: Tensor) -> Tensor:
-        """The complex spectrum ``(B, frames, bins)`` by real FFT (full linear bins only)."""
-        return torch.fft.rfft(self.windowed_frames(x), dim=-1)
-
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Real and imaginary parts ``(B, bins, frames)`` of the centred STFT."""
-        if self.uses_fft(x):
+        if self.backend == "fft" or (self.backend == "auto" and x.device.type == "cpu"):
+            spectrum = torch.fft.rfft(self.windowed_frames(x), dim=-1)  # (B, frames, bins)
             # One copy to contiguous planar (2, B, bins, frames): the element-wise maths
             # after this (power, log, atan2) is 10x slower on interleaved strided views.
-            planes = torch.view_as_real(self.spectrum(x)).permute(3, 0, 2, 1).contiguous()
+            planes = torch.view_as_real(spectrum).permute(3, 0, 2, 1).contiguous()
             return planes[0], planes[1]
         self._check_length(x)
         padded = F.pad(x[:, None], (self.pad, self.pad), mode="reflect")

@@ -530,6 +530,11 @@ def plan_resources(
 _TRIAL_ENV = {"MALLOC_ARENA_MAX": "2", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25"}
 
 
+def trial_environment() -> dict[str, str]:
+    """``_TRIAL_ENV``, where a value the user exported wins over the default."""
+    return {name: os.environ.get(name, value) for name, value in _TRIAL_ENV.items()}
+
+
 def run_trial(params: dict[str, Any]) -> None:
     """The Tune function trainable: one grid cell, trained by :mod:`core.train`.
 
@@ -1064,9 +1069,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # never write ~/.ray/auth_token
-    # A value the user exported wins over the default here.
-    env_vars = {name: os.environ.get(name, value) for name, value in _TRIAL_ENV.items()}
-    runtime_env = {"env_vars": env_vars}
+    runtime_env = {"env_vars": trial_environment()}
     if address:
         ray.init(address=address, log_to_driver=False, runtime_env=runtime_env)
     else:

@@ -127,9 +127,10 @@ class AudioCache:
         """Storage rows (array or tensor, any device) -> float32 tensor in [-1, 1].
 
         On CPU the cast and scale are one numpy pass (``np.multiply`` with a float32
-        output), measured 3-4x faster here than torch's cast + in-place multiply and than a
-        float16 -> float32 cast; a private copy is always returned, since memmap rows are
-        read-only views of the shared file.
+        output), the cheapest for a single row (10.6 us per 1 s clip here, against 12.9 us
+        for torch's cast + multiply); whole batches take :meth:`batch`'s multi-threaded
+        path. A private copy is always returned, since memmap rows are read-only views of
+        the shared file.
         """
         if isinstance(rows, torch.Tensor) and rows.device.type != "cpu":
             floats = rows.to(torch.float32)
