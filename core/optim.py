@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from core.registry import OPTIMIZERS
+
 if TYPE_CHECKING:
     from core.config import OptimConfig
 
@@ -120,7 +122,8 @@ def _trainable(model: nn.Module) -> list[Tensor]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def _lars(cfg: OptimConfig, model: nn.Module) -> torch.optim.Optimizer:
+def build_lars(cfg: OptimConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """``lars`` (CLAR): LARS on the weights; biases and norms get plain momentum SGD."""
     return LARS(
         parameter_groups(model, cfg.weight_decay),
         lr=cfg.lr,
@@ -130,32 +133,31 @@ def _lars(cfg: OptimConfig, model: nn.Module) -> torch.optim.Optimizer:
     )
 
 
-def _sgd(cfg: OptimConfig, model: nn.Module) -> torch.optim.Optimizer:
+def build_sgd(cfg: OptimConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """``sgd``: SGD with momentum and weight decay on every trainable parameter."""
     return torch.optim.SGD(
         _trainable(model), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
     )
 
 
-def _adam(cfg: OptimConfig, model: nn.Module) -> torch.optim.Optimizer:
+def build_adam(cfg: OptimConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """``adam`` (QUACLRS): Adam with L2 weight decay folded into the gradient."""
     return torch.optim.Adam(_trainable(model), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def _adamw(cfg: OptimConfig, model: nn.Module) -> torch.optim.Optimizer:
+def build_adamw(cfg: OptimConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """``adamw``: Adam with decoupled weight decay."""
     return torch.optim.AdamW(_trainable(model), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-OPTIMIZERS: dict[str, Callable[[OptimConfig, nn.Module], torch.optim.Optimizer]] = {
-    "lars": _lars,
-    "sgd": _sgd,
-    "adam": _adam,
-    "adamw": _adamw,
-}
-
-
 def build_optimizer(cfg: OptimConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """The optimizer named by ``cfg.name`` over ``model``'s trainable parameters."""
+    """The optimizer named by ``cfg.name`` over ``model``'s trainable parameters.
+
+    Names resolve through :data:`OPTIMIZERS` (declared in :mod:`core.registry`); adding an
+    optimizer is one ``build_<name>(cfg, model)`` here plus one line there.
+    """
     if cfg.name not in OPTIMIZERS:
-        raise ValueError(f"unknown optim.name {cfg.name!r}; valid: {', '.join(sorted(OPTIMIZERS))}")
+        raise ValueError(f"unknown optim.name {cfg.name!r}; valid: {', '.join(OPTIMIZERS.names())}")
     if not _trainable(model):
         raise ValueError(f"{type(model).__name__} has no trainable parameters to optimise")
     return OPTIMIZERS[cfg.name](cfg, model)

@@ -24,11 +24,9 @@ from core.augment import (
     build_spec_pipeline,
     colored_noise,
     fade_in_gain,
-    pitch_shift_batch,
-    semitone_ratio,
-    time_stretch_batch,
 )
 from core.config import AugmentConfig, ConfigError, ExperimentConfig
+from core.vocoder import pitch_shift_batch, semitone_ratio, time_stretch_batch
 
 SR = 16_000
 # Fixed-setting variants apply the same transform to every clip (no random parameter), so

@@ -1,26 +1,22 @@
 """Encoders by short name, and the heads that sit on them.
 
 ``build_encoder(cfg.model, in_channels)`` is the one entry point the training loop uses;
-``ENCODERS`` is the registry the config validates ``model.encoder`` against. Adding a
-backbone is one builder function ``(width, in_channels, pretrained, authors_code) ->
-Encoder`` plus one line here.
+``ENCODERS`` is the registry the config validates ``model.encoder`` against, declared in
+:mod:`core.registry` so that validating a config does not import torch. Adding a backbone
+is one builder function ``(width, in_channels, pretrained, authors_code) -> Encoder`` in
+:mod:`core.models.backbones` plus one line in :mod:`core.registry`.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from torch import nn
 
-from core.models.backbones import (
-    Encoder,
-    _torchvision_builder,
-    build_resnet18,
-    build_resnet18_1d,
-)
+from core.models.backbones import Encoder
 from core.models.heads import EvaluationHead, ProjectionHead
+from core.registry import ENCODERS
 
 if TYPE_CHECKING:
     from core.config import ModelConfig
@@ -34,22 +30,6 @@ __all__ = [
     "count_parameters",
 ]
 
-ENCODERS: dict[str, Callable[..., Encoder]] = {
-    "resnet18_1d": build_resnet18_1d,
-    "resnet18": build_resnet18,
-    **{
-        name: _torchvision_builder(name)
-        for name in (
-            "alexnet",
-            "vgg16",
-            "mobilenet_v2",
-            "efficientnet_b0",
-            "convnext_tiny",
-            "inception_v3",
-        )
-    },
-}
-
 # Encoders whose width follows model.width; the others have torchvision's fixed widths.
 WIDTH_ENCODERS = frozenset({"resnet18_1d", "resnet18"})
 
@@ -58,7 +38,7 @@ def build_encoder(cfg: ModelConfig, in_channels: int) -> Encoder:
     """The encoder named by ``cfg.encoder``, taking ``in_channels`` input channels."""
     if cfg.encoder not in ENCODERS:
         raise ValueError(
-            f"unknown model.encoder {cfg.encoder!r}; valid: {', '.join(sorted(ENCODERS))}"
+            f"unknown model.encoder {cfg.encoder!r}; valid: {', '.join(ENCODERS.names())}"
         )
     if cfg.encoder not in WIDTH_ENCODERS and cfg.width != 64:
         # Not an error: presets set a small ResNet width that other backbones inherit.

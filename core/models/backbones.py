@@ -195,3 +195,12 @@ def _torchvision_builder(name: str) -> Callable[..., Encoder]:
     build.__name__ = f"build_{name}"
     build.__doc__ = f"torchvision {name} trunk, globally pooled (model.width does not apply)."
     return build
+
+
+# The QUACLRS backbones, by the names core.registry's ENCODERS points at.
+build_alexnet = _torchvision_builder("alexnet")
+build_vgg16 = _torchvision_builder("vgg16")
+build_mobilenet_v2 = _torchvision_builder("mobilenet_v2")
+build_efficientnet_b0 = _torchvision_builder("efficientnet_b0")
+build_convnext_tiny = _torchvision_builder("convnext_tiny")
+build_inception_v3 = _torchvision_builder("inception_v3")
