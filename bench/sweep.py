@@ -24,11 +24,13 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("CLARLAB_DATA", str(Path(__file__).resolve().parents[2] / "shared/datasets"))
 
 from core.sweep import SweepRequest, init_ray, prepare_trials, run_sweep  # noqa: E402
+from core.tracking import RunIdentity  # noqa: E402
 from core.train import CallbackContext, run_loop  # noqa: E402
 
 # Cheap augmentations: the loop time stays small next to the overhead. The in-process path
@@ -57,13 +59,57 @@ def reference_seconds(request: SweepRequest) -> float:
     import torch
 
     torch.set_num_threads(1)  # as a 1-CPU trial does
-    _, trials, _ = prepare_trials(request, tracking={"tracking_uri": request.tracking_uri})
-    configs = [trial.config.with_overrides({"tracking.trial_id": None}) for trial in trials]
-    run_loop(configs[0], CallbackContext())  # warm-up: cache, imports, MLflow store
+    _, trials, _ = prepare_trials(request)
+    configs = [trial.config for trial in trials]
+    identity = RunIdentity(tracking_uri=request.tracking_uri, results_dir=request.results_dir)
+    run_loop(configs[0], CallbackContext(), identity)  # warm-up: cache, imports, MLflow store
     started = time.perf_counter()
     for config in configs:
-        run_loop(config, CallbackContext())
+        run_loop(config, CallbackContext(), identity)
     return time.perf_counter() - started
+
+
+_FRESH_VALIDATION = """
+import sys, time
+started = time.perf_counter()
+from core.sweep.space import expand_trials, load_search_space
+imported = time.perf_counter()
+trials = expand_trials(load_search_space("aug_matrix"), preset="quick")
+done = time.perf_counter()
+assert len(trials) == 72 and "torch" not in sys.modules
+print(imported - started, done - imported)
+"""
+_FRESH_TORCH = """
+import time
+started = time.perf_counter()
+import torch, torchaudio, nnAudio.features
+print(time.perf_counter() - started)
+"""
+
+
+def validation_figures() -> dict[str, float]:
+    """How long the driver takes to validate the 72-trial quick matrix, in a fresh process
+    (imports included, as a user's first command pays them), against what loading torch,
+    torchaudio and nnAudio alone costs (validation used to import them)."""
+    import subprocess
+
+    def fresh(code: str) -> list[float]:
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+        )
+        return [float(value) for value in out.stdout.split()]
+
+    imports, expand = min((fresh(_FRESH_VALIDATION) for _ in range(3)), key=sum)
+    torch_stack = min(fresh(_FRESH_TORCH)[0] for _ in range(3))
+    print("\nvalidating the 72-trial quick matrix on the driver (fresh process, best of 3)")
+    print(f"  imports (pydantic, YAML, registries; no torch): {imports:.2f} s")
+    print(f"  expand + validate 72 configs:                   {expand * 1000:.1f} ms")
+    print(f"  reference: import torch + torchaudio + nnAudio:  {torch_stack:.2f} s")
+    return {
+        "grid72_validate_ms": round(expand * 1000, 1),
+        "grid72_validate_with_imports_s": round(imports + expand, 2),
+        "torch_stack_import_s": round(torch_stack, 2),
+    }
 
 
 def _busy_cpu_seconds() -> float:
@@ -127,9 +173,9 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="clarlab-bench-sweep-"))
     cache = work / "cache"
+    figures: dict[str, float] = validation_figures()
     init_ray(num_cpus=args.num_cpus)
     rows: list[tuple[str, float, float, float]] = []
-    figures: dict[str, float] = {}
 
     def request(name: str, codes: list[str], **extra: object) -> SweepRequest:
         return SweepRequest(

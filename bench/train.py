@@ -24,6 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.config import preset  # noqa: E402
+from core.tracking import RunIdentity  # noqa: E402
 from core.train import CallbackContext, run_loop  # noqa: E402
 
 
@@ -48,11 +49,12 @@ def measure(frontend: str, args: argparse.Namespace, device: torch.device) -> di
                 "use_gpu": device.type == "cuda",
                 "amp": "auto" if device.type == "cuda" else "off",
             },
-            "tracking": {"results_dir": str(results), "experiment": "bench-train"},
         },
     )
+    identity = RunIdentity(results_dir=results, experiment="bench-train")
     reports: list[dict[str, float]] = []
-    run_loop(cfg, CallbackContext(lambda metrics, _: reports.append(metrics), device=device))
+    context = CallbackContext(lambda metrics, _: reports.append(metrics), device=device)
+    run_loop(cfg, context, identity)
     warm = reports[-1]
     return {
         "samples_per_s": warm["samples_per_s"],

@@ -1,20 +1,31 @@
 """The typed experiment config: one tree, validated once at the edge.
 
 Everything below the CLI/YAML layer receives an :class:`ExperimentConfig` (or one of its
-sections), never a raw dict. Names that refer to registries (augmentation codes, front
-ends, encoders, methods, optimizers, datasets) are checked against those registries
-lazily, so that adding an entry to a registry is enough to make it valid here.
+sections), never a raw dict. The config describes the experiment only: two trials of the
+same cell in two sweeps have equal configs. Where a trial logs (tracking URI, parent run,
+trial id, results folder) travels beside it as a :class:`core.tracking.RunIdentity`.
+
+Names that refer to registries (augmentation codes, front ends, encoders, optimizers,
+datasets, methods) are checked against :mod:`core.registry`, :mod:`core.data` and
+:mod:`core.methods.configs`, none of which imports torch, so a driver validates a whole
+grid in milliseconds. Each method owns its section (``method.name`` selects the config
+class, with that method's published defaults).
 
 Validation errors are raised as :class:`ConfigError`, whose message names the dotted
 field, the bad value and the valid choices, so a researcher can fix a YAML file without
 reading the code.
+
+Partial configs are layered in one order everywhere (:func:`compose`): code defaults <
+preset < a search space's ``base`` < its ``presets.<name>`` < the grid cell < ``--set``.
+A preset may hold values for one dataset only (``datasets: {fsdd: {...}}``); they apply
+only when that dataset is the one in effect.
 """
 
 from __future__ import annotations
 
-import copy
-import importlib
-from collections.abc import Iterable, Mapping
+import base64
+import pickle
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,28 +33,23 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializeAsAny,
     ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
+from core import registry
+from core.dotted import DottedKeyError, deep_merge, flatten, get_dotted, set_dotted
+from core.methods.configs import MethodConfig, all_method_fields, parse_method
+
+# The key of a preset layer that holds per-dataset values.
+PER_DATASET_KEY = "datasets"
+
 
 class ConfigError(ValueError):
     """A config value is invalid; the message says which field, why, and how to fix it."""
-
-
-def _registry_names(module: str, attribute: str) -> list[str]:
-    """Names of a registry, imported lazily so config stays importable on its own."""
-    registry = getattr(importlib.import_module(module), attribute)
-    return sorted(registry)
-
-
-def _check_in_registry(value: str, module: str, attribute: str, what: str) -> str:
-    names = _registry_names(module, attribute)
-    if value not in names:
-        raise ValueError(f"unknown {what} {value!r}; valid: {', '.join(names)}")
-    return value
 
 
 class _Section(BaseModel):
@@ -75,7 +81,11 @@ class DataConfig(_Section):
     @field_validator("dataset")
     @classmethod
     def _known_dataset(cls, value: str) -> str:
-        return _check_in_registry(value, "core.data", "DATASETS", "dataset")
+        from core.data import DATASETS  # the dataset modules are torch-free
+
+        if value not in DATASETS:
+            raise ValueError(f"unknown dataset {value!r}; valid: {', '.join(sorted(DATASETS))}")
+        return value
 
 
 class AugmentConfig(_Section):
@@ -95,23 +105,25 @@ class AugmentConfig(_Section):
     @classmethod
     def _known_signal_codes(cls, codes: list[str]) -> list[str]:
         for code in codes:
-            _check_in_registry(code, "core.augment", "SIGNAL_AUGMENTATIONS", "augmentation code")
+            registry.SIGNAL_AUGMENTATIONS.check(code)
         return codes
 
     @field_validator("spec_pipeline")
     @classmethod
     def _known_spec_codes(cls, codes: list[str]) -> list[str]:
         for code in codes:
-            _check_in_registry(
-                code, "core.augment", "SPEC_AUGMENTATIONS", "spectrogram augmentation code"
-            )
+            registry.SPEC_AUGMENTATIONS.check(code)
         return codes
 
     @field_validator("snr_db", "pitch_semitones", "stretch_rates")
     @classmethod
-    def _ordered_range(cls, value: tuple[float, float], info: ValidationInfo) -> tuple[float, float]:
+    def _ordered_range(
+        cls, value: tuple[float, float], info: ValidationInfo
+    ) -> tuple[float, float]:
         if value[0] > value[1]:
-            raise ValueError(f"{info.field_name} range {value} is reversed; write it as [low, high]")
+            raise ValueError(
+                f"{info.field_name} range {value} is reversed; write it as [low, high]"
+            )
         return value
 
     @field_validator("stretch_rates")
@@ -143,7 +155,7 @@ class FrontendConfig(_Section):
     @field_validator("name")
     @classmethod
     def _known_frontend(cls, value: str) -> str:
-        return _check_in_registry(value, "core.features", "FRONTENDS", "front end")
+        return registry.FRONTENDS.check(value)
 
     @property
     def is_2d(self) -> bool:
@@ -164,44 +176,11 @@ class ModelConfig(_Section):
     @field_validator("encoder")
     @classmethod
     def _known_encoder(cls, value: str) -> str:
-        return _check_in_registry(value, "core.models", "ENCODERS", "encoder")
+        return registry.ENCODERS.check(value)
 
     @property
     def is_1d(self) -> bool:
         return self.encoder.endswith("_1d")
-
-
-class MethodConfig(_Section):
-    """Training method and its loss hyperparameters."""
-
-    name: str = "simclr"
-    temperature: float = 0.5
-    class_weights: bool = False  # inverse-frequency CE weights (QUACLRS 4.6)
-    ce_weight: float = Field(1.0, ge=0)  # CLAR: weight of the CE term
-    moco_queue_size: int = Field(4096, gt=0)
-    moco_momentum: float = Field(0.99, ge=0, le=1)
-    byol_momentum: float = Field(0.99, ge=0, le=1)
-    barlow_lambda: float = Field(5e-3, ge=0)
-    dino_out_dim: int = Field(1024, gt=0)
-    dino_teacher_temperature: float = Field(0.04, gt=0)
-    dino_center_momentum: float = Field(0.9, ge=0, le=1)
-    dino_student_temperature: float = Field(0.1, gt=0)
-    dino_momentum: float = Field(0.996, ge=0, le=1)  # teacher EMA, cosine-scheduled to 1
-    swav_prototypes: int = Field(100, gt=0)
-    swav_epsilon: float = Field(0.05, gt=0)
-    swav_sinkhorn_iterations: int = Field(3, gt=0)
-
-    @field_validator("name")
-    @classmethod
-    def _known_method(cls, value: str) -> str:
-        return _check_in_registry(value, "core.methods", "METHODS", "method")
-
-    @field_validator("temperature")
-    @classmethod
-    def _positive_temperature(cls, value: float) -> float:
-        if value <= 0:
-            raise ValueError(f"temperature must be > 0, got {value}")
-        return value
 
 
 class OptimConfig(_Section):
@@ -212,9 +191,7 @@ class OptimConfig(_Section):
     weight_decay: float = Field(1e-4, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     warmup_epochs: float = Field(10, ge=0)
-    schedule: Literal["warmup_cosine", "plateau", "cosine_annealing", "constant"] = (
-        "warmup_cosine"
-    )
+    schedule: Literal["warmup_cosine", "plateau", "cosine_annealing", "constant"] = "warmup_cosine"
     lars_eta: float = Field(1e-3, gt=0)
     # schedule='plateau' (QUACLRS): multiply lr by plateau_factor after plateau_patience
     # epochs without improvement of the metric given to Scheduler.step_epoch.
@@ -226,7 +203,7 @@ class OptimConfig(_Section):
     @field_validator("name")
     @classmethod
     def _known_optimizer(cls, value: str) -> str:
-        return _check_in_registry(value, "core.optim", "OPTIMIZERS", "optimizer")
+        return registry.OPTIMIZERS.check(value)
 
 
 class TrainConfig(_Section):
@@ -249,25 +226,6 @@ class TrainConfig(_Section):
     max_steps_per_epoch: int | None = Field(None, gt=0)  # smoke tests / benchmarks
 
 
-class TrackingConfig(_Section):
-    """Where and under which names the trial is logged (MLflow)."""
-
-    tracking_uri: str | None = None
-    experiment: str = "clarlab"
-    parent_run_id: str | None = None
-    ablation: str = "adhoc"
-    trial_id: str | None = None
-    run_name: str | None = None  # None: built from method/encoder/front end/augmentations
-    # Made absolute when the config is validated (at the edge, in the user's folder): Ray
-    # changes the working directory of trials, so a relative path would land elsewhere.
-    results_dir: Path = Field(Path("results"), validate_default=True)
-
-    @field_validator("results_dir")
-    @classmethod
-    def _absolute_results_dir(cls, value: Path) -> Path:
-        return value.expanduser().absolute()
-
-
 class ExperimentConfig(_Section):
     """The whole experiment: what a trial trains and how it reports."""
 
@@ -275,10 +233,15 @@ class ExperimentConfig(_Section):
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     frontend: FrontendConfig = Field(default_factory=FrontendConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
-    method: MethodConfig = Field(default_factory=MethodConfig)
+    # The class follows method.name (core.methods.configs); SerializeAsAny dumps its fields.
+    method: SerializeAsAny[MethodConfig] = Field(default_factory=lambda: parse_method({}))
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
-    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _method_by_name(cls, value: Any) -> MethodConfig:
+        return parse_method(value)
 
     @model_validator(mode="after")
     def _compatible(self) -> ExperimentConfig:
@@ -302,20 +265,7 @@ class ExperimentConfig(_Section):
                 f"train.batch_size={self.train.batch_size} (global) is not divisible by "
                 f"train.num_workers={self.train.num_workers}"
             )
-        if self.method.name in ("moco", "mocov2") and (
-            self.method.moco_queue_size % self.train.batch_size
-        ):
-            raise ValueError(
-                f"method.moco_queue_size={self.method.moco_queue_size} must be a multiple of "
-                f"the global train.batch_size={self.train.batch_size} (keys are enqueued a "
-                f"whole global batch at a time)"
-            )
-        if self.method.class_weights and self.method.name not in ("supervised", "clar"):
-            raise ValueError(
-                f"method.class_weights=true weighs a cross-entropy term, but method.name="
-                f"{self.method.name!r} has none; use method.name='supervised' or 'clar', or "
-                f"set method.class_weights=false"
-            )
+        self.method.check(self)
         if self.data.split_scheme == "quaclrs" and self.data.fold is None:
             raise ValueError("data.split_scheme='quaclrs' needs data.fold (the test fold)")
         return self
@@ -329,18 +279,49 @@ class ExperimentConfig(_Section):
         except ValidationError as error:
             raise ConfigError(format_validation_error(error, source)) from None
 
+    def to_payload(self) -> str:
+        """This validated config as text for a trial process: a base64 pickle.
+
+        Text, not a dict or bytes: Tune rewrites the values of a param space it restores
+        for pending trials (a ``Path`` and ``bytes`` both came back as tuples), and leaves
+        strings alone."""
+        return base64.b64encode(pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)).decode()
+
+    @classmethod
+    def from_payload(cls, payload: str) -> ExperimentConfig:
+        """The config of :meth:`to_payload`, without validating it again: the driver
+        validated the grid once. Only for payloads this project wrote."""
+        config = pickle.loads(base64.b64decode(payload))
+        if not isinstance(config, cls):
+            raise TypeError(f"expected a pickled {cls.__name__}, got {type(config).__name__}")
+        return config
+
     def with_overrides(
         self, overrides: Mapping[str, Any], source: str = "overrides"
     ) -> ExperimentConfig:
-        """A new validated config with dotted-key overrides (``{"train.epochs": 3}``)."""
-        raw = self.model_dump(mode="python")
+        """A new validated config with dotted-key overrides (``{"train.epochs": 3}``).
+
+        Changing ``method.name`` starts the method section afresh from the new method's
+        published defaults; other ``method.*`` keys given here still apply.
+        """
+        layer: dict[str, Any] = {}
         for dotted, value in overrides.items():
-            set_dotted(raw, dotted, value, source=source)
+            set_dotted(layer, dotted, value)
+        try:
+            raw = merge_layer(self.model_dump(mode="python"), layer)
+        except DottedKeyError as error:
+            raise ConfigError(f"{source}: {error}") from None
         return ExperimentConfig.from_dict(raw, source=source)
 
     def flat(self) -> dict[str, Any]:
         """Flattened ``section.field -> value`` view, e.g. for MLflow params."""
         return flatten(self.model_dump(mode="json"))
+
+    def to_yaml(self) -> str:
+        """The resolved config as YAML (what a trial logs as ``config.yaml``)."""
+        import yaml
+
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
 def format_validation_error(error: ValidationError, source: str) -> str:
@@ -351,50 +332,64 @@ def format_validation_error(error: ValidationError, source: str) -> str:
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             message = "unknown field (check the spelling; see core/config.py for valid fields)"
+        if where == "method" and message.startswith("method."):
+            where, message = message.split(": ", 1)[0], message.split(": ", 1)[1]
         got = item.get("input")
-        shown = "" if isinstance(got, dict) or item["type"] == "missing" else f" (got {got!r})"
+        shown = (
+            ""
+            if isinstance(got, dict) or item["type"] == "missing" or "(got " in message
+            else f" (got {got!r})"
+        )
         lines.append(f"{source}: {where}: {message}{shown}")
     return "invalid experiment config:\n  " + "\n  ".join(lines)
 
 
-def set_dotted(raw: dict[str, Any], dotted: str, value: Any, source: str = "overrides") -> None:
-    """Set ``raw["a"]["b"] = value`` for ``dotted="a.b"``, refusing unknown sections."""
-    parts = dotted.split(".")
-    node = raw
-    for part in parts[:-1]:
-        if not isinstance(node.get(part), dict):
-            valid = ", ".join(k for k, v in node.items() if isinstance(v, dict))
-            raise ConfigError(f"{source}: {dotted}: unknown section {part!r}; valid: {valid}")
-        node = node[part]
-    node[parts[-1]] = copy.deepcopy(value)
+# --- layering partial configs ---------------------------------------------------------
+def merge_layer(tree: Mapping[str, Any], layer: Mapping[str, Any]) -> dict[str, Any]:
+    """``deep_merge(tree, layer)``, except that a layer naming another ``method.name``
+    drops the method fields of the layers below: SimCLR's tau 0.5 written in a base must
+    not become MoCo's tau when a grid cell switches to MoCo (published: 0.07)."""
+    new_method = get_dotted(layer, "method.name")
+    if new_method is not None and new_method != get_dotted(tree, "method.name", "simclr"):
+        tree = {key: value for key, value in tree.items() if key != "method"}
+    return deep_merge(tree, layer)
 
 
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Flatten nested mappings into dotted keys; lists stay values."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, prefix=f"{name}."))
-        else:
-            flat[name] = value
-    return flat
+def dataset_in_effect(layers: Sequence[Mapping[str, Any]]) -> str:
+    """The ``data.dataset`` the layers end up with (per-dataset sections cannot set it)."""
+    dataset = DataConfig.model_fields["dataset"].default
+    for layer in layers:
+        dataset = get_dotted(layer, "data.dataset", dataset)
+    return dataset
 
 
-def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
-    """Recursive dict merge: ``update`` wins; nested mappings are merged, not replaced."""
-    merged = copy.deepcopy(dict(base))
-    for key, value in update.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
+def compose(layers: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Layer partial nested configs, lowest first, into one raw config (not validated).
+
+    A layer may hold a ``datasets: {<dataset>: {...}}`` section: values for one dataset
+    only, applied right after the layer's own values when that dataset is the one the
+    whole stack selects (so a quick preset's FSDD sample rate never reaches ESC-10).
+    """
+    dataset = dataset_in_effect(layers)
+    raw: dict[str, Any] = {}
+    for layer in layers:
+        common = {key: value for key, value in layer.items() if key != PER_DATASET_KEY}
+        raw = merge_layer(raw, common)
+        specific = (layer.get(PER_DATASET_KEY) or {}).get(dataset)
+        if specific:
+            if get_dotted(specific, "data.dataset") not in (None, dataset):
+                raise ConfigError(
+                    f"{PER_DATASET_KEY}.{dataset}: data.dataset cannot be changed inside a "
+                    f"per-dataset section"
+                )
+            raw = merge_layer(raw, specific)
+    return raw
 
 
 # --- presets --------------------------------------------------------------------------
 # A preset is a partial config layered over the defaults. ``quick`` fits a 2-core laptop
-# (FSDD, ResNet width 16, a few epochs); ``paper`` is CLAR's setting for Figure 4.
+# (FSDD, ResNet width 16, a few epochs); ``paper`` is CLAR's setting for Figure 4. Values
+# that only make sense for one dataset go under ``datasets: {<name>: {...}}``.
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
         "data": {"dataset": "fsdd", "sample_rate": 16_000},
@@ -423,14 +418,26 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def preset(name: str, overrides: Mapping[str, Any] | None = None) -> ExperimentConfig:
-    """A validated config from a named preset plus nested ``overrides``."""
+def preset_layer(name: str) -> dict[str, Any]:
+    """The partial config of preset ``name``; unknown names list the valid ones."""
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; valid: {', '.join(sorted(PRESETS))}")
-    raw = deep_merge(PRESETS[name], overrides or {})
+    return PRESETS[name]
+
+
+def preset(name: str, overrides: Mapping[str, Any] | None = None) -> ExperimentConfig:
+    """A validated config from a named preset plus nested ``overrides``."""
+    raw = compose([preset_layer(name), dict(overrides or {})])
     return ExperimentConfig.from_dict(raw, source=f"preset {name!r}")
 
 
 def known_fields() -> Iterable[str]:
-    """Every dotted field name of the config tree (for error messages and docs)."""
-    return flatten(ExperimentConfig.model_construct().model_dump(mode="json")).keys()
+    """Every dotted field name of the config tree, with the fields of every method (what a
+    search space may set; whether the chosen method has a field is checked on validation)."""
+    sections = {
+        name: section.annotation.model_fields
+        for name, section in ExperimentConfig.model_fields.items()
+        if name != "method"
+    }
+    fields = [f"{name}.{field}" for name, members in sections.items() for field in members]
+    return fields + [f"method.{field}" for field in sorted(all_method_fields())]

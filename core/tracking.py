@@ -16,6 +16,10 @@ Restarts. A trial restarted by Ray (worker failure, ``Tuner.restore``) must cont
 MLflow run instead of opening a duplicate, a well-known pitfall of Ray + MLflow. A run is
 found again either by its id (kept in the trial checkpoint) or by the ``clarlab.trial_id``
 tag under the same parent run.
+
+Identity. Where a trial logs and under which names is a :class:`RunIdentity`, which
+travels beside the :class:`~core.config.ExperimentConfig` rather than inside it: the config
+describes the experiment only, so the same cell in two sweeps has an equal config.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import threading
 import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from types import TracebackType
@@ -37,7 +42,6 @@ from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlparse
 
 import numpy as np
-import yaml
 from mlflow.entities import Metric, Param, Run, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -48,7 +52,7 @@ from mlflow.utils.validation import (
     MAX_TAG_VAL_LENGTH,
 )
 
-from core.config import ExperimentConfig, TrackingConfig
+from core.config import ExperimentConfig
 
 try:
     import fcntl
@@ -79,26 +83,55 @@ EVALUATION_FOLDER = "evaluation"
 # The error tag keeps the start and the end of a long error (a traceback's last line is
 # the message); the whole text of a truncated error goes to the ``error.txt`` artifact.
 ERROR_TAG_HEAD, ERROR_TAG_TAIL = 1_000, 3_000
-# Params that must not be logged: a tracking URI may carry credentials (user:pass@host).
-EXCLUDED_PARAMS = frozenset({"tracking.tracking_uri"})
 # Beyond this many classes the confusion-matrix PNG drops the per-cell counts (unreadable).
 MAX_ANNOTATED_CLASSES = 30
 
 TerminalStatus = Literal["FINISHED", "FAILED", "KILLED"]
 
 
-# --- where the store is -----------------------------------------------------------------
+# --- who the run is and where the store is -----------------------------------------------
 
 
-def resolve_tracking_uri(cfg: TrackingConfig) -> str:
-    """The tracking URI: ``cfg.tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else a SQLite
-    file under ``cfg.results_dir`` (the folder is created)."""
-    if cfg.tracking_uri:
-        return cfg.tracking_uri
+@dataclass(frozen=True)
+class RunIdentity:
+    """Where a trial (or a sweep's parent run) logs, and under which names.
+
+    ``results_dir`` is made absolute on construction, in the user's folder: Ray changes
+    the working directory of trials, so a relative path would land elsewhere.
+    """
+
+    tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else <results>/mlflow.db
+    experiment: str = "clarlab"
+    ablation: str = "adhoc"
+    parent_run_id: str | None = None
+    trial_id: str | None = None
+    run_name: str | None = None  # None: built from method/encoder/front end/augmentations
+    results_dir: Path = Path("results")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "results_dir", Path(self.results_dir).expanduser().absolute())
+
+    def for_trial(self, trial_id: str) -> RunIdentity:
+        """The identity of one trial of the sweep this identity belongs to."""
+        return replace(self, trial_id=trial_id)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "results_dir": str(self.results_dir)}
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> RunIdentity:
+        return cls(**raw)
+
+
+def resolve_tracking_uri(identity: RunIdentity) -> str:
+    """The tracking URI: ``identity.tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else a
+    SQLite file under ``identity.results_dir`` (the folder is created)."""
+    if identity.tracking_uri:
+        return identity.tracking_uri
     from_env = os.environ.get("MLFLOW_TRACKING_URI")
     if from_env:
         return from_env
-    results = Path(cfg.results_dir).expanduser().absolute()
+    results = Path(identity.results_dir)
     results.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{results / DB_FILE}"
 
@@ -183,7 +216,7 @@ def ensure_experiment(tracking_uri: str, name: str, artifact_root: str | None) -
         raise MlflowException(
             f"MLflow experiment {name!r} (id {experiment.experiment_id}) in {tracking_uri} is "
             f"deleted; restore it (`mlflow experiments restore --experiment-id "
-            f"{experiment.experiment_id}`) or choose another tracking.experiment"
+            f"{experiment.experiment_id}`) or choose another experiment (--experiment)"
         )
     return experiment.experiment_id
 
@@ -258,9 +291,7 @@ def config_params(cfg: ExperimentConfig) -> dict[str, str]:
 
     The sweep report can parse list-valued params back with ``json.loads``.
     """
-    return {
-        key: _param_text(value) for key, value in cfg.flat().items() if key not in EXCLUDED_PARAMS
-    }
+    return {key: _param_text(value) for key, value in cfg.flat().items()}
 
 
 def _quoted(value: str, what: str) -> str:
@@ -281,10 +312,10 @@ def _truncate_error(text: str) -> str:
     )
 
 
-def default_run_name(cfg: ExperimentConfig) -> str:
+def default_run_name(cfg: ExperimentConfig, identity: RunIdentity) -> str:
     """A readable trial name: ``simclr-resnet18w16-stft3-PS+FD[-<trial id>]``."""
-    if cfg.tracking.run_name:
-        return cfg.tracking.run_name
+    if identity.run_name:
+        return identity.run_name
     augmentations = "+".join([*cfg.augment.pipeline, *cfg.augment.spec_pipeline]) or "noaug"
     parts = [
         cfg.method.name,
@@ -296,24 +327,24 @@ def default_run_name(cfg: ExperimentConfig) -> str:
         parts.append(f"labels{cfg.data.label_fraction:g}")
     if cfg.data.fold is not None:
         parts.append(f"fold{cfg.data.fold}")
-    if cfg.tracking.trial_id:
-        parts.append(cfg.tracking.trial_id)
+    if identity.trial_id:
+        parts.append(identity.trial_id)
     return "-".join(parts)
 
 
 # --- parent runs -------------------------------------------------------------------------
 
 
-def start_parent_run(cfg: TrackingConfig, tags: dict[str, str], run_name: str) -> str:
+def start_parent_run(identity: RunIdentity, tags: dict[str, str], run_name: str) -> str:
     """Create a RUNNING parent run for a sweep (trials nest under it); returns its id.
 
     The sweep ends it with :func:`finish_run`.
     """
-    tracking_uri = resolve_tracking_uri(cfg)
+    tracking_uri = resolve_tracking_uri(identity)
     experiment_id = ensure_experiment(
-        tracking_uri, cfg.experiment, default_artifact_root(tracking_uri)
+        tracking_uri, identity.experiment, default_artifact_root(tracking_uri)
     )
-    all_tags = {TAG_ABLATION: cfg.ablation, TAG_KIND: "sweep", **_provenance_tags(), **tags}
+    all_tags = {TAG_ABLATION: identity.ablation, TAG_KIND: "sweep", **_provenance_tags(), **tags}
     run = tracking_client(tracking_uri).create_run(
         experiment_id, start_time=_now_ms(), tags=all_tags, run_name=run_name
     )
@@ -391,48 +422,48 @@ class TrialRun:
     def open(
         cls,
         cfg: ExperimentConfig,
+        identity: RunIdentity,
         extra_tags: dict[str, str] | None = None,
         run_id: str | None = None,
     ) -> TrialRun:
-        """Continue run ``run_id``, or the run tagged with ``cfg.tracking.trial_id`` under
-        the parent (or in the experiment when there is no parent), else create a new run.
+        """Continue run ``run_id``, or the run tagged with ``identity.trial_id`` under the
+        parent (or in the experiment when there is no parent), else create a new run.
 
         Params, tags and ``extra_tags`` (e.g. the data cache hash) are logged either way;
         params already on a continued run are not logged again (MLflow params are
         immutable), and a changed value is reported in the ``clarlab.params_changed`` tag.
         """
-        tracking = cfg.tracking
-        tracking_uri = resolve_tracking_uri(tracking)
+        tracking_uri = resolve_tracking_uri(identity)
         client = tracking_client(tracking_uri)
-        run = cls._existing_run(client, tracking_uri, tracking, run_id)
+        run = cls._existing_run(client, tracking_uri, identity, run_id)
         resumed = run is not None
         if run is None:
             run = client.create_run(
-                cls._experiment_for(client, tracking_uri, tracking),
+                cls._experiment_for(client, tracking_uri, identity),
                 start_time=_now_ms(),
-                tags={TAG_PARENT: tracking.parent_run_id} if tracking.parent_run_id else None,
-                run_name=default_run_name(cfg),
+                tags={TAG_PARENT: identity.parent_run_id} if identity.parent_run_id else None,
+                run_name=default_run_name(cfg, identity),
             )
         else:
             cls._reopen(client, run)
         trial = cls(client, tracking_uri, run, resumed=resumed)
-        trial._log_identity(cfg, run, extra_tags or {})
+        trial._log_identity(cfg, identity, run, extra_tags or {})
         return trial
 
     @staticmethod
-    def _experiment_for(client: MlflowClient, tracking_uri: str, tracking: TrackingConfig) -> str:
+    def _experiment_for(client: MlflowClient, tracking_uri: str, identity: RunIdentity) -> str:
         """The parent's experiment (MLflow nests runs of one experiment only), else ours."""
-        if tracking.parent_run_id:
+        if identity.parent_run_id:
             try:
-                return client.get_run(tracking.parent_run_id).info.experiment_id
+                return client.get_run(identity.parent_run_id).info.experiment_id
             except MlflowException as error:
                 raise MlflowException(
-                    f"tracking.parent_run_id={tracking.parent_run_id!r} is not a run in "
+                    f"parent_run_id={identity.parent_run_id!r} is not a run in "
                     f"{tracking_uri}; start the parent with core.tracking.start_parent_run "
                     f"against the same tracking URI ({error.message})"
                 ) from None
         return ensure_experiment(
-            tracking_uri, tracking.experiment, default_artifact_root(tracking_uri)
+            tracking_uri, identity.experiment, default_artifact_root(tracking_uri)
         )
 
     @classmethod
@@ -440,7 +471,7 @@ class TrialRun:
         cls,
         client: MlflowClient,
         tracking_uri: str,
-        tracking: TrackingConfig,
+        identity: RunIdentity,
         run_id: str | None,
     ) -> Run | None:
         if run_id:
@@ -452,13 +483,13 @@ class TrialRun:
                     f"({error.message}); was the checkpoint written against another "
                     f"tracking URI?"
                 ) from None
-        if not tracking.trial_id:
+        if not identity.trial_id:
             return None
-        experiment_id = cls._experiment_for(client, tracking_uri, tracking)
-        conditions = [f"tags.`{TAG_TRIAL_ID}` = {_quoted(tracking.trial_id, 'trial_id')}"]
-        if tracking.parent_run_id:
+        experiment_id = cls._experiment_for(client, tracking_uri, identity)
+        conditions = [f"tags.`{TAG_TRIAL_ID}` = {_quoted(identity.trial_id, 'trial_id')}"]
+        if identity.parent_run_id:
             conditions.append(
-                f"tags.`{TAG_PARENT}` = {_quoted(tracking.parent_run_id, 'parent_run_id')}"
+                f"tags.`{TAG_PARENT}` = {_quoted(identity.parent_run_id, 'parent_run_id')}"
             )
         matches = _search_all(client, experiment_id, " and ".join(conditions))
         # Oldest first: should duplicates exist from older tooling, the original wins.
@@ -478,20 +509,22 @@ class TrialRun:
         if run.info.status != RunStatus.to_string(RunStatus.RUNNING):
             client.update_run(run.info.run_id, status="RUNNING")
 
-    def _log_identity(self, cfg: ExperimentConfig, run: Run, extra_tags: Mapping[str, str]) -> None:
+    def _log_identity(
+        self, cfg: ExperimentConfig, identity: RunIdentity, run: Run, extra_tags: Mapping[str, str]
+    ) -> None:
         existing = run.data.params
         wanted = config_params(cfg)
         changed = sorted(k for k, v in wanted.items() if k in existing and existing[k] != v)
         new_params = [Param(k, v) for k, v in wanted.items() if k not in existing]
         tags = {
-            TAG_ABLATION: cfg.tracking.ablation,
+            TAG_ABLATION: identity.ablation,
             TAG_DATASET: cfg.data.dataset,
             TAG_KIND: "trial",
             **_provenance_tags(),
             **{key: str(value) for key, value in extra_tags.items()},
         }
-        if cfg.tracking.trial_id:
-            tags[TAG_TRIAL_ID] = cfg.tracking.trial_id
+        if identity.trial_id:
+            tags[TAG_TRIAL_ID] = identity.trial_id
         if changed:
             warnings.warn(
                 f"MLflow run {self.run_id} continues with changed params {changed}; MLflow "
@@ -553,8 +586,7 @@ class TrialRun:
 
     def log_config(self, cfg: ExperimentConfig) -> None:
         """The resolved config as ``config.yaml`` (loadable with ``ExperimentConfig.from_dict``)."""
-        text = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
-        self.client.log_text(self.run_id, text, "config.yaml")
+        self.client.log_text(self.run_id, cfg.to_yaml(), "config.yaml")
 
     def log_artifact_file(self, path: Path, artifact_path: str | None = None) -> None:
         """Upload a local file into the run's artifacts (under ``artifact_path`` if given)."""

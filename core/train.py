@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -43,6 +43,9 @@ from core.methods import build_method
 from core.models import build_encoder
 from core.models.norm import convert_for_distributed
 from core.optim import build_optimizer, build_scheduler
+
+if TYPE_CHECKING:
+    from core.tracking import RunIdentity
 
 CHECKPOINT_FILE = "state.pt"
 FAULT_ENV = "CLARLAB_INJECT_FAULT"
@@ -64,6 +67,8 @@ class TrialContext(Protocol):
     def latest_checkpoint_dir(self) -> Path | None: ...
 
     def prepare_model(self, model: nn.Module) -> nn.Module: ...
+
+    def placement_tags(self) -> dict[str, str]: ...
 
 
 def _default_device(use_gpu: bool) -> torch.device:
@@ -99,6 +104,10 @@ class CallbackContext:
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         return model.to(self.device)
+
+    def placement_tags(self) -> dict[str, str]:
+        """The Ray node the trial ran on, when it runs inside Ray (for the MLflow run)."""
+        return _ray_node_tags()
 
 
 class RayTrainContext:
@@ -136,6 +145,23 @@ class RayTrainContext:
         return ray.train.torch.prepare_model(
             model, parallel_strategy_kwargs={"broadcast_buffers": False}
         )
+
+    def placement_tags(self) -> dict[str, str]:
+        return _ray_node_tags()
+
+
+def _ray_node_tags() -> dict[str, str]:
+    """``clarlab.ray_node_id`` of this process when Ray runs it (rank 0 on a cluster), so a
+    run says which machine trained it; empty outside Ray."""
+    import sys
+
+    if "ray" not in sys.modules:
+        return {}
+    import ray
+
+    if not ray.is_initialized():
+        return {}
+    return {"clarlab.ray_node_id": ray.get_runtime_context().get_node_id()}
 
 
 # --- helpers --------------------------------------------------------------------------
@@ -237,13 +263,13 @@ def _broadcast_from_main(value: float | None, world: int, device: torch.device) 
     return None if math.isnan(received) else received
 
 
-def _finish_completed_run(cfg: ExperimentConfig, run_id: str) -> None:
+def _finish_completed_run(cfg: ExperimentConfig, identity: RunIdentity, run_id: str) -> None:
     """Mark a completed trial's MLflow run FINISHED unless it already is (then untouched)."""
     from core.tracking import TrialRun, resolve_tracking_uri, tracking_client
 
-    client = tracking_client(resolve_tracking_uri(cfg.tracking))
+    client = tracking_client(resolve_tracking_uri(identity))
     if client.get_run(run_id).info.status != "FINISHED":
-        TrialRun.open(cfg, run_id=run_id).finish("FINISHED")
+        TrialRun.open(cfg, identity, run_id=run_id).finish("FINISHED")
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -298,11 +324,15 @@ def load_checkpoint(folder: Path) -> dict[str, Any]:
 # --- the loop -------------------------------------------------------------------------
 
 
-def run_loop(cfg: ExperimentConfig, context: TrialContext) -> dict[str, float]:
+def run_loop(
+    cfg: ExperimentConfig, context: TrialContext, identity: RunIdentity | None = None
+) -> dict[str, float]:
     """Train one trial, evaluate it every ``train.eval_every`` epochs and at the end, report
-    every epoch, checkpoint every epoch, and log to MLflow from rank 0."""
-    from core.tracking import TrialRun
+    every epoch, checkpoint every epoch, and log to MLflow from rank 0 as ``identity``
+    (default: a standalone run in ``./results``)."""
+    from core.tracking import RunIdentity, TrialRun
 
+    identity = identity or RunIdentity()
     rank, world, device = context.rank, context.world_size, context.device
     is_main = rank == 0
     if device.type == "cpu":
@@ -352,13 +382,16 @@ def run_loop(cfg: ExperimentConfig, context: TrialContext) -> dict[str, float]:
             # The trial had ended (last epoch or early stop) when its host was interrupted:
             # nothing is left to train; only make sure its MLflow run says so.
             if is_main and run_id:
-                _finish_completed_run(cfg, run_id)
+                _finish_completed_run(cfg, identity, run_id)
             return dict(state["metrics"])
 
     tracker = None
     if is_main:
         tracker = TrialRun.open(
-            cfg, run_id=run_id, extra_tags={"clarlab.cache_hash": data.cache.content_hash}
+            cfg,
+            identity,
+            run_id=run_id,
+            extra_tags={"clarlab.cache_hash": data.cache.content_hash, **context.placement_tags()},
         )
         if start_epoch == 0:
             tracker.log_config(cfg)
@@ -540,14 +573,16 @@ def _train_epoch(
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    """``TorchTrainer`` entry point: rebuild the validated config and run the loop."""
-    cfg = ExperimentConfig.from_dict(loop_config["experiment"], source="trial config")
-    run_loop(cfg, RayTrainContext())
+    """``TorchTrainer`` entry point. The config arrives as the payload of a validated config
+    (the driver validated the grid once), so the worker does not validate it again."""
+    cfg = ExperimentConfig.from_payload(loop_config["experiment"])
+    run_loop(cfg, RayTrainContext(), loop_config.get("identity"))
 
 
 def build_torch_trainer(
     cfg: ExperimentConfig,
     *,
+    identity: RunIdentity | None = None,
     run_name: str,
     storage_path: str,
     callbacks: list | None = None,
@@ -562,7 +597,7 @@ def build_torch_trainer(
     use_gpu = cfg.train.use_gpu
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"experiment": cfg.model_dump(mode="json")},
+        train_loop_config={"experiment": cfg.to_payload(), "identity": identity},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(
             num_workers=cfg.train.num_workers,
@@ -580,7 +615,10 @@ def build_torch_trainer(
 
 
 def train(
-    cfg: ExperimentConfig, report_fn: Callable[[dict[str, float], Path | None], None] | None = None
+    cfg: ExperimentConfig,
+    report_fn: Callable[[dict[str, float], Path | None], None] | None = None,
+    identity: RunIdentity | None = None,
 ) -> dict[str, float]:
     """Run one trial in this process without Ray (notebooks, debugging)."""
-    return run_loop(cfg, CallbackContext(report_fn, device=_default_device(cfg.train.use_gpu)))
+    context = CallbackContext(report_fn, device=_default_device(cfg.train.use_gpu))
+    return run_loop(cfg, context, identity)

@@ -3,13 +3,15 @@ and the CLI's dry run of the full Figure 4 matrix."""
 
 from __future__ import annotations
 
+import os
 import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 
 from ablations.run_aug_matrix import EXIT_BAD_INPUT, EXIT_OK, main
-from core.config import PRESETS
+from core.config import PRESETS, ExperimentConfig
 from core.sweep import (
     ResourceError,
     SearchSpaceError,
@@ -53,7 +55,7 @@ def test_full_matrix_dry_run_lists_72_trials(capsys: pytest.CaptureFixture[str])
     assert main(["--dry-run", "--preset", "quick"]) == EXIT_OK
     out = capsys.readouterr().out
     rows = [line.split() for line in out.splitlines() if line[:3].strip().isdigit()]
-    rows = [row for row in rows if len(row) == 10]  # the table, not the summary lines
+    rows = [row for row in rows if len(row) == 14]  # the table, not the summary lines
     assert len(rows) == 72
     ids = [row[1] for row in rows]
     assert len(set(ids)) == 72
@@ -66,45 +68,106 @@ def test_full_matrix_dry_run_lists_72_trials(capsys: pytest.CaptureFixture[str])
     assert {row[4] for row in rows if row[3] == "raw1d"} == {"resnet18_1d"}
     assert {row[4] for row in rows if row[3] == "stft3"} == {"resnet18"}
     assert {row[5] for row in rows} == {"simclr"}
+    assert {row[6] for row in rows} == {"0.5"}  # SimCLR's published temperature
+    # FSDD's official split, scanned from the folder: train/val/test clips of 300.
+    assert {row[9] for row in rows} == {"269/0/31"}
     assert "72 trials" in out and "in-process loop" in out
 
 
 def test_expansion_pairs_and_configs() -> None:
     space = load_search_space("aug_matrix")
     assert [axis.field for axis in space.axes] == ["frontend.name", "augment.pipeline"]
-    trials = expand_trials(space, preset="quick", tracking={"parent_run_id": "p1"})
+    trials = expand_trials(space, preset="quick")
     assert len(trials) == 72
     for trial in trials:
         first, second = trial.first, trial.second
         assert trial.pipeline == ([first] if first == second else [first, second])
         assert trial.trial_id == f"{trial.panel}-{first}-{second}"
-        assert trial.config.tracking.trial_id == trial.trial_id
-        assert trial.config.tracking.parent_run_id == "p1"
         assert trial.config.frontend.name == trial.panel
+    # The config is the experiment only: the same cell expanded again (another sweep,
+    # another parent run) is an equal config; the run's identity travels beside it.
+    assert [t.config for t in expand_trials(space, preset="quick")] == [t.config for t in trials]
+    assert "tracking" not in trials[0].config.model_dump()
     pairs = {(t.first, t.second) for t in trials if t.panel == "stft3"}
     assert pairs == {(a, b) for a in PAPER_CODES for b in PAPER_CODES}
 
 
-def test_presets_layer_between_base_and_overrides(tmp_path: Path) -> None:
+def test_merge_order_defaults_preset_base_space_preset_cell_set(tmp_path: Path) -> None:
     space = load_search_space(_write(tmp_path, SMALL_SPACE))
     # base alone: epochs from the YAML base.
     plain = expand_trials(space, preset=None)
     assert plain[0].config.train.epochs == 7
-    # the preset wins over base; the YAML's presets.quick wins over the preset.
+    # The YAML's base wins over the code preset; its presets.quick wins over both.
     quick = expand_trials(space, preset="quick")
-    assert quick[0].config.train.epochs == PRESETS["quick"]["train"]["epochs"]
+    assert PRESETS["quick"]["train"]["epochs"] != 7
+    assert quick[0].config.train.epochs == 7
     assert quick[0].config.train.batch_size == 16
-    # caller overrides win over both; an axis wins over everything.
+    assert quick[0].config.model.width == PRESETS["quick"]["model"]["width"]  # preset < base
+    # --set wins over all of them; --cell-set over --set, for its cell only.
     forced = expand_trials(
         space,
         preset="quick",
-        overrides={"train.epochs": 3, "augment.pipeline": ["WN"]},
+        overrides={"train.epochs": 3, "train.batch_size": 8},
         trial_overrides={"stft3-FD-PS": {"train.seed": 5}},
     )
     assert {t.config.train.epochs for t in forced} == {3}
-    assert forced[0].config.augment.pipeline == ["PS"]
+    assert {t.config.train.batch_size for t in forced} == {8}
     seeds = {t.trial_id: t.config.train.seed for t in forced}
     assert seeds["stft3-FD-PS"] == 5 and sum(seeds.values()) == 5
+    # --set on a field an axis sweeps would make every cell the same: refused.
+    for swept in ("augment.pipeline", "model.encoder"):
+        with pytest.raises(SearchSpaceError, match=f"{swept} is swept by an axis"):
+            expand_trials(space, preset="quick", overrides={swept: "x"})
+
+
+QUACLRS_SPACE = """
+ablation: quaclrs_like
+base:
+  data: {dataset: urbansound8k, split_scheme: quaclrs, fold: 1}
+  optim: {name: adam, lr: 0.0001}
+axes:
+  method.name: [simclr, moco]
+"""
+
+
+def test_a_preset_never_overrides_the_search_spaces_base(tmp_path: Path) -> None:
+    space = load_search_space(_write(tmp_path, QUACLRS_SPACE))
+    for preset_name in ("quick", "paper"):
+        for trial in expand_trials(space, preset=preset_name):
+            cfg = trial.config
+            assert (cfg.data.dataset, cfg.optim.name, cfg.optim.lr) == (
+                "urbansound8k",
+                "adam",
+                0.0001,
+            ), preset_name
+    # The paper preset's scale still applies where the base is silent.
+    paper = expand_trials(space, preset="paper")[0].config
+    assert (paper.train.epochs, paper.train.batch_size) == (1000, 1024)
+
+
+def test_dataset_specific_preset_values_stay_with_their_dataset() -> None:
+    space = load_search_space("aug_matrix")  # quick: FSDD at 8 kHz, 300 clips
+    fsdd = expand_trials(space, preset="quick")[0].config.data
+    assert (fsdd.dataset, fsdd.sample_rate, fsdd.max_clips) == ("fsdd", 8000, 300)
+    for dataset in ("esc10", "speech_commands_10"):
+        other = expand_trials(space, preset="quick", overrides={"data.dataset": dataset})
+        data = other[0].config.data
+        assert (data.dataset, data.sample_rate, data.max_clips) == (dataset, 16_000, None)
+
+
+def test_a_method_axis_gives_each_method_its_published_defaults(tmp_path: Path) -> None:
+    text = SMALL_SPACE.replace("method: {name: simclr}", "method: {name: simclr, temperature: 0.5}")
+    text = text.replace("  augment.pipeline: {matrix: [PS, FD]}", "  method.name: [simclr, moco]")
+    space = load_search_space(_write(tmp_path, text))
+    trials = expand_trials(space, preset="quick", overrides={"method.queue_size": 4096})
+    temperatures = {t.trial_id: t.config.method.temperature for t in trials}
+    assert temperatures == {
+        "raw1d-simclr": 0.5,
+        "raw1d-moco": 0.07,
+        "stft3-simclr": 0.5,
+        "stft3-moco": 0.07,
+    }
+    assert {t.config.method.queue_size for t in trials if t.config.method.name == "moco"} == {4096}
 
 
 def test_restricting_axes_from_the_command_line(tmp_path: Path) -> None:
@@ -202,6 +265,79 @@ def test_paper_preset_plans_gpu_workers(capsys: pytest.CaptureFixture[str]) -> N
     assert resources.workers_per_trial == 4 and resources.gpus_per_worker == 1.0
     assert resources.use_torch_trainer
     # Dry run on a machine without GPUs still lists the trials and says why it cannot run.
-    assert main(["--dry-run", "--preset", "paper", "--num-cpus", "2"]) == EXIT_OK
+    # Speech Commands is not on this machine: the dry run says so, or, when the run would
+    # download it, lists the trials with unknown split sizes.
+    if not (Path(os.environ.get("CLARLAB_DATA", "/nowhere")) / "speech_commands").is_dir():
+        assert main(["--dry-run", "--preset", "paper", "--num-cpus", "2"]) == EXIT_BAD_INPUT
+        assert "dataset 'speech_commands_10' not found" in capsys.readouterr().err
+    argv = ["--dry-run", "--preset", "paper", "--num-cpus", "2", "--set", "data.download=true"]
+    assert main(argv) == EXIT_OK
     out = capsys.readouterr().out
     assert "72 trials" in out and "not runnable on this machine" in out
+
+
+def test_show_config_prints_every_resolved_config(capsys: pytest.CaptureFixture[str]) -> None:
+    assert (
+        main(
+            [
+                "--dry-run",
+                "--show-config",
+                "--set",
+                "method.name=moco",
+                "--set",
+                "method.queue_size=4096",
+            ]
+        )
+        == EXIT_OK
+    )
+    out = capsys.readouterr().out
+    blocks = out.split("# --- trial ")[1:]
+    assert len(blocks) == 72
+    first = yaml.safe_load(blocks[0].split("\n", 1)[1].split("\n\n", 1)[0])
+    assert first["method"] == {
+        "name": "moco",
+        "class_weights": False,
+        "momentum": 0.999,
+        "queue_size": 4096,
+        "temperature": 0.07,
+    }
+    assert ExperimentConfig.from_dict(first).method.temperature == 0.07
+
+
+def test_dry_run_checks_the_data_each_trial_would_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CLARLAB_DATA", str(tmp_path / "nothing-here"))
+    assert main(["--dry-run", "--augs", "FD"]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "trial raw1d-FD-FD: dataset 'fsdd' not found at" in err and "CLARLAB_DATA" in err
+
+
+def test_dry_run_refuses_a_batch_larger_than_the_training_split(
+    fsdd_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--dry-run", "--data-root", str(fsdd_root), "--set", "data.max_clips=30"]
+    assert main(argv) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "train.batch_size=32 is larger than the training split" in err
+    assert main([*argv, "--set", "train.batch_size=16"]) == EXIT_OK
+
+
+VALIDATE_GRID = """
+import sys, time
+from core.sweep.space import expand_trials, load_search_space
+trials = expand_trials(load_search_space("aug_matrix"), preset="quick")
+assert len(trials) == 72
+print("torch" in sys.modules, "torchaudio" in sys.modules, "nnAudio" in sys.modules)
+"""
+
+
+def test_validating_a_grid_imports_no_torch() -> None:
+    """Config validation reads the light registries (core.registry, core.methods.configs)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", VALIDATE_GRID], capture_output=True, text=True, check=True
+    )
+    assert done.stdout.split() == ["False", "False", "False"], done.stderr

@@ -17,9 +17,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from core.report import read_matrix_csv
-from core.sweep import _TRIAL_ENV, SweepRequest, init_ray, run_sweep
+from core.sweep import TRIAL_ENV, SweepRequest, init_ray, run_sweep
 from core.tracking import find_trial_runs, tracking_client
 
 pytestmark = pytest.mark.slow
@@ -150,8 +151,8 @@ def _interrupt_after(results: Path, finished: int, timeout_s: float = 240) -> th
         state_file = results / "r1" / "sweep.json"
         while time.monotonic() < deadline:
             if state_file.is_file():
-                state = json.loads(state_file.read_text())
-                runs = find_trial_runs(state["tracking_uri"], state["parent_run_id"])
+                identity = json.loads(state_file.read_text())["identity"]
+                runs = find_trial_runs(identity["tracking_uri"], identity["parent_run_id"])
                 if sum(run.info.status == "FINISHED" for run in runs) >= finished:
                     os.kill(os.getpid(), signal.SIGINT)
                     return
@@ -170,12 +171,15 @@ def test_interrupt_resume_and_failed_cell(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     results = tmp_path / "results"
+    # A cell whose config validates and whose data is fine, but which cannot run: weights
+    # that do not fit its encoder (found only when the encoder is built, in the trial).
+    misfit = tmp_path / "misfit.pt"
+    torch.save({"not_a_resnet.weight": torch.zeros(3)}, misfit)
     request = SweepRequest(
         preset="quick",
         overrides=_tiny(fsdd_root, cache_dir),
         axis_values={"augment.pipeline": ["PS", "FD"], "frontend.name": ["stft3"]},
-        # A cell whose config validates but cannot run: a batch larger than the split.
-        trial_overrides={"stft3-FD-PS": {"train.batch_size": 4096}},
+        trial_overrides={"stft3-FD-PS": {"model.pretrained": str(misfit)}},
         max_concurrent=1,
         results_dir=results,
         run_name="r1",
@@ -209,7 +213,7 @@ def test_interrupt_resume_and_failed_cell(
         "stft3-FD-FD": "FINISHED",
     }
     failed_run = next(run for run in runs if run.info.status == "FAILED")
-    assert "train.batch_size=4096" in failed_run.data.tags["clarlab.error"]
+    assert "does not fit encoder 'resnet18'" in failed_run.data.tags["clarlab.error"]
     for trial_id, run in before.items():  # finished trials were not run again
         after = next(r for r in runs if r.info.run_id == run.info.run_id)
         assert after.info.end_time == run.info.end_time, trial_id
@@ -219,7 +223,7 @@ def test_interrupt_resume_and_failed_cell(
     matrix_csv = (results / "r1" / "report" / "aug_matrix_stft3.csv").read_text().splitlines()
     assert matrix_csv[2].split(",")[1] == "failed"  # row FD (first), column PS (second)
     record = next(r for r in resumed.records if r.trial_id == "stft3-FD-PS")
-    assert "batch_size=4096" in record.error
+    assert "does not fit encoder" in record.error
 
 
 def test_trial_processes_get_the_trial_environment(ray_cluster) -> None:
@@ -229,10 +233,10 @@ def test_trial_processes_get_the_trial_environment(ray_cluster) -> None:
 
     @ray.remote(num_cpus=0)
     def environment() -> dict[str, str | None]:
-        return {name: os.environ.get(name) for name in _TRIAL_ENV}
+        return {name: os.environ.get(name) for name in TRIAL_ENV}
 
-    assert ray.get(environment.remote()) == _TRIAL_ENV
-    assert float(_TRIAL_ENV["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"]) < 2.0  # Ray's default
+    assert ray.get(environment.remote()) == TRIAL_ENV
+    assert float(TRIAL_ENV["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"]) < 2.0  # Ray's default
 
 
 def test_a_two_worker_trial_runs_through_a_torch_trainer(

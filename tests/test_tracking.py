@@ -7,6 +7,7 @@ several seconds); tests keep apart through their own trial ids, parents and expe
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -25,12 +26,13 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from core import tracking
-from core.config import AugmentConfig, DataConfig, ExperimentConfig, TrackingConfig
+from core.config import AugmentConfig, DataConfig, ExperimentConfig
 from core.evaluate import EvaluationResult, confusion_matrix, scores_from_confusion
 from core.tracking import (
     TAG_ERROR,
     TAG_PARENT,
     TAG_TRIAL_ID,
+    RunIdentity,
     TrialRun,
     config_params,
     default_artifact_root,
@@ -42,10 +44,10 @@ from core.tracking import (
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> TrackingConfig:
-    """A tracking section pointing at one fresh SQLite store (migrated once)."""
+def store(tmp_path_factory: pytest.TempPathFactory) -> RunIdentity:
+    """An identity pointing at one fresh SQLite store (migrated once)."""
     results = tmp_path_factory.mktemp("mlflow-results")
-    cfg = TrackingConfig(
+    cfg = RunIdentity(
         tracking_uri=f"sqlite:///{results / 'mlflow.db'}",
         results_dir=results,
         experiment="tracking-tests",
@@ -56,19 +58,23 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> TrackingConfig:
 
 
 @pytest.fixture(scope="module")
-def client(store: TrackingConfig) -> MlflowClient:
+def client(store: RunIdentity) -> MlflowClient:
     return MlflowClient(store.tracking_uri)
 
 
-def make_config(store: TrackingConfig, **tracking_fields: object) -> ExperimentConfig:
+def make_config() -> ExperimentConfig:
     return ExperimentConfig(
         data=DataConfig(label_fraction=0.1, fold=3),
         augment=AugmentConfig(snr_db=(5.0, 15.0)),
-        tracking=store.model_copy(update=tracking_fields),
     )
 
 
-def new_parent(store: TrackingConfig) -> str:
+def who(store: RunIdentity, **identity_fields: object) -> RunIdentity:
+    """The store's identity with some fields (parent run, trial id) set."""
+    return dataclasses.replace(store, **identity_fields)
+
+
+def new_parent(store: RunIdentity) -> str:
     return start_parent_run(store, {"clarlab.sweep": "test"}, run_name="sweep")
 
 
@@ -92,14 +98,14 @@ def history_steps(client: MlflowClient, run_id: str, key: str) -> list[tuple[int
 def test_resolve_tracking_uri_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     results = tmp_path / "deep" / "results"
-    default = resolve_tracking_uri(TrackingConfig(results_dir=results))
+    default = resolve_tracking_uri(RunIdentity(results_dir=results))
     assert default == f"sqlite:///{results}/mlflow.db"
     assert results.is_dir(), "the results folder must be created for the SQLite file"
     assert default_artifact_root(default) == str(results / "mlartifacts")
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow-head:5000")
-    assert resolve_tracking_uri(TrackingConfig(results_dir=results)) == "http://mlflow-head:5000"
-    explicit = TrackingConfig(tracking_uri="sqlite:////data/x.db", results_dir=results)
+    assert resolve_tracking_uri(RunIdentity(results_dir=results)) == "http://mlflow-head:5000"
+    explicit = RunIdentity(tracking_uri="sqlite:////data/x.db", results_dir=results)
     assert resolve_tracking_uri(explicit) == "sqlite:////data/x.db"
     assert default_artifact_root("sqlite:////data/x.db") == "/data/mlartifacts"
     assert default_artifact_root("http://mlflow-head:5000") is None
@@ -111,13 +117,13 @@ def test_relative_results_dir_becomes_absolute(
 ) -> None:
     """Ray moves trials to other working directories: the folder is fixed at validation."""
     monkeypatch.chdir(tmp_path)
-    assert TrackingConfig().results_dir == tmp_path / "results"
-    assert TrackingConfig(results_dir="out").results_dir == tmp_path / "out"
-    assert ExperimentConfig().tracking.results_dir == tmp_path / "results"
+    assert RunIdentity().results_dir == tmp_path / "results"
+    assert RunIdentity(results_dir="out").results_dir == tmp_path / "out"
+    assert "tracking" not in ExperimentConfig.model_fields, "identity lives beside the config"
 
 
 def test_ensure_experiment_is_safe_under_concurrent_creates(
-    store: TrackingConfig, client: MlflowClient
+    store: RunIdentity, client: MlflowClient
 ) -> None:
     name = f"race-{uuid.uuid4().hex[:8]}"
     root = default_artifact_root(store.tracking_uri)
@@ -150,14 +156,14 @@ def test_ensure_experiment_is_safe_under_concurrent_creates(
 TRIAL_PROCESS = """
 import sys, time
 from pathlib import Path
-from core.config import ExperimentConfig, TrackingConfig
-from core.tracking import TrialRun
+from core.config import ExperimentConfig
+from core.tracking import RunIdentity, TrialRun
 results, trial_id = Path(sys.argv[1]), sys.argv[2]
-tracking = TrackingConfig(results_dir=results, trial_id=trial_id, experiment="fresh")
+tracking = RunIdentity(results_dir=results, trial_id=trial_id, experiment="fresh")
 (results / f"ready_{trial_id}").touch()
 while not (results / "go").exists():
     time.sleep(0.01)
-run = TrialRun.open(ExperimentConfig(tracking=tracking))
+run = TrialRun.open(ExperimentConfig(), tracking)
 run.log_metrics({"loss": 1.0}, step=0)
 run.finish("FINISHED")
 """
@@ -214,11 +220,11 @@ def test_git_commit_of_checkout_and_outside_git(
 
 
 def test_trial_run_logs_params_tags_metrics_and_artifacts(
-    store: TrackingConfig, client: MlflowClient, tmp_path: Path
+    store: RunIdentity, client: MlflowClient, tmp_path: Path
 ) -> None:
     parent_id = new_parent(store)
-    cfg = make_config(store, parent_run_id=parent_id, trial_id="trial_00001")
-    run = TrialRun.open(cfg, extra_tags={"clarlab.cache_hash": "abc123"})
+    cfg, identity = make_config(), who(store, parent_run_id=parent_id, trial_id="trial_00001")
+    run = TrialRun.open(cfg, identity, extra_tags={"clarlab.cache_hash": "abc123"})
     assert not run.resumed
     for epoch in range(3):
         run.log_metrics({"loss": 2.0 - epoch, "lr": 0.1 * (epoch + 1), "epoch": epoch}, epoch)
@@ -289,9 +295,9 @@ def test_trial_run_logs_params_tags_metrics_and_artifacts(
 
 
 def test_non_finite_metrics_are_logged_and_bad_values_named(
-    store: TrackingConfig, client: MlflowClient
+    store: RunIdentity, client: MlflowClient
 ) -> None:
-    run = TrialRun.open(make_config(store, trial_id=f"nan-{uuid.uuid4().hex[:6]}"))
+    run = TrialRun.open(make_config(), who(store, trial_id=f"nan-{uuid.uuid4().hex[:6]}"))
     run.log_metrics({"loss": float("nan"), "grad": float("inf"), "ok": np.float32(1.5)}, step=4)
     with pytest.raises(TypeError, match="'note'.*must be numbers"):
         run.log_metrics({"note": "diverged"}, step=5)
@@ -302,30 +308,30 @@ def test_non_finite_metrics_are_logged_and_bad_values_named(
     assert history_steps(client, run.run_id, "ok") == [(4, 1.5)]
 
 
-def test_many_metrics_and_params_are_batched(store: TrackingConfig, client: MlflowClient) -> None:
+def test_many_metrics_and_params_are_batched(store: RunIdentity, client: MlflowClient) -> None:
     """More than MLflow's 1000 metrics per batch in one call."""
-    run = TrialRun.open(make_config(store, trial_id=f"wide-{uuid.uuid4().hex[:6]}"))
+    run = TrialRun.open(make_config(), who(store, trial_id=f"wide-{uuid.uuid4().hex[:6]}"))
     run.log_metrics({f"per_class_f1/{i}": i / 1500 for i in range(1500)}, step=0)
     run.finish("FINISHED")
     logged = client.get_run(run.run_id).data
     assert len([k for k in logged.metrics if k.startswith("per_class_f1/")]) == 1500
-    assert len(logged.params) == len(config_params(make_config(store))) > 70
+    assert len(logged.params) == len(config_params(make_config())) > 70
 
 
 # --- restarts -----------------------------------------------------------------------------
 
 
 def test_restarted_trial_continues_its_run_without_duplicate(
-    store: TrackingConfig, client: MlflowClient
+    store: RunIdentity, client: MlflowClient
 ) -> None:
     parent_id = new_parent(store)
-    cfg = make_config(store, parent_run_id=parent_id, trial_id="trial_00007")
-    first = TrialRun.open(cfg)
+    cfg, identity = make_config(), who(store, parent_run_id=parent_id, trial_id="trial_00007")
+    first = TrialRun.open(cfg, identity)
     first.log_metrics({"loss": 3.0}, step=0)
     first.finish("FAILED", error="RuntimeError: worker died")
     assert client.get_run(first.run_id).data.tags[TAG_ERROR] == "RuntimeError: worker died"
 
-    second = TrialRun.open(cfg)
+    second = TrialRun.open(cfg, identity)
     assert second.resumed and second.run_id == first.run_id
     reopened = client.get_run(second.run_id)
     assert reopened.info.status == "RUNNING"
@@ -342,18 +348,23 @@ def test_restarted_trial_continues_its_run_without_duplicate(
 
     # Same trial id under another parent (another sweep) is another run.
     other_parent = new_parent(store)
-    other = TrialRun.open(make_config(store, parent_run_id=other_parent, trial_id="trial_00007"))
+    other = TrialRun.open(
+        make_config(), who(store, parent_run_id=other_parent, trial_id="trial_00007")
+    )
     other.finish("FINISHED")
     assert other.run_id != first.run_id and not other.resumed
 
 
-def test_continue_by_run_id_and_changed_params(store: TrackingConfig, client: MlflowClient) -> None:
-    cfg = make_config(store)  # no trial id: only the run id (from a checkpoint) finds it
-    first = TrialRun.open(cfg)
+def test_continue_by_run_id_and_changed_params(store: RunIdentity, client: MlflowClient) -> None:
+    cfg, identity = (
+        make_config(),
+        who(store),
+    )  # no trial id: only the run id (from a checkpoint) finds it
+    first = TrialRun.open(cfg, identity)
     first.finish("KILLED")
     changed = cfg.model_copy(update={"data": cfg.data.model_copy(update={"fold": 4})})
     with pytest.warns(UserWarning, match="data.fold"):
-        again = TrialRun.open(changed, run_id=first.run_id)
+        again = TrialRun.open(changed, identity, run_id=first.run_id)
     assert again.run_id == first.run_id and again.resumed
     again.finish("FINISHED")
     logged = client.get_run(first.run_id)
@@ -361,16 +372,16 @@ def test_continue_by_run_id_and_changed_params(store: TrackingConfig, client: Ml
     assert json.loads(logged.data.tags["clarlab.params_changed"]) == {"data.fold": "4"}
 
     with pytest.raises(MlflowException, match="cannot continue MLflow run 'no-such-run'"):
-        TrialRun.open(cfg, run_id="no-such-run")
+        TrialRun.open(cfg, identity, run_id="no-such-run")
     with pytest.raises(MlflowException, match="parent_run_id='missing'.*start_parent_run"):
-        TrialRun.open(make_config(store, parent_run_id="missing"))
+        TrialRun.open(make_config(), who(store, parent_run_id="missing"))
 
 
 # --- failure and isolation ----------------------------------------------------------------
 
 
-def test_failed_run_records_truncated_error(store: TrackingConfig, client: MlflowClient) -> None:
-    run = TrialRun.open(make_config(store))
+def test_failed_run_records_truncated_error(store: RunIdentity, client: MlflowClient) -> None:
+    run = TrialRun.open(make_config(), who(store))
     long_error = "Traceback:\n" + "  frame\n" * 2_000 + "FloatingPointError: loss is nan at step 7"
     run.finish("FAILED", error=long_error)
     logged = client.get_run(run.run_id)
@@ -381,10 +392,8 @@ def test_failed_run_records_truncated_error(store: TrackingConfig, client: Mlflo
     assert {info.path for info in client.list_artifacts(run.run_id)} == {"error.txt"}
 
 
-def test_context_manager_marks_exceptions_failed(
-    store: TrackingConfig, client: MlflowClient
-) -> None:
-    with pytest.raises(ValueError), TrialRun.open(make_config(store)) as run:
+def test_context_manager_marks_exceptions_failed(store: RunIdentity, client: MlflowClient) -> None:
+    with pytest.raises(ValueError), TrialRun.open(make_config(), who(store)) as run:
         raise ValueError("bad batch shape (3, 1)")
     logged = client.get_run(run.run_id)
     assert logged.info.status == "FAILED"
@@ -394,7 +403,7 @@ def test_context_manager_marks_exceptions_failed(
 
 
 def test_two_trial_runs_in_one_process_do_not_interfere(
-    store: TrackingConfig, client: MlflowClient
+    store: RunIdentity, client: MlflowClient
 ) -> None:
     """Tune runs function trials as threads of one process: no shared active run."""
     parent_id = new_parent(store)
@@ -403,8 +412,8 @@ def test_two_trial_runs_in_one_process_do_not_interfere(
 
     def trial(name: str, offset: float, status: str) -> None:
         try:
-            cfg = make_config(store, parent_run_id=parent_id, trial_id=name)
-            run = TrialRun.open(cfg)
+            cfg, identity = make_config(), who(store, parent_run_id=parent_id, trial_id=name)
+            run = TrialRun.open(cfg, identity)
             run_ids[name] = run.run_id
             for epoch in range(8):
                 run.log_metrics({"loss": offset + epoch}, step=epoch)

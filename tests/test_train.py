@@ -11,14 +11,16 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from core.config import ExperimentConfig, preset
+from core.tracking import RunIdentity
 from core.train import CallbackContext, NonFiniteLossError, run_loop
 
 
 def small_config(
     fsdd_root: Path, cache_dir: Path, store: Path, experiment: str, **sections: dict
-) -> ExperimentConfig:
+) -> tuple[ExperimentConfig, RunIdentity]:
     """A CPU-sized trial: width-8 ResNet18 on stft3 over 600 real FSDD clips, 4 steps of 32
-    clips per epoch, logged to experiment ``experiment`` of the MLflow store in ``store``."""
+    clips per epoch, and its identity: logged to experiment ``experiment`` of the MLflow
+    store in ``store`` (``tracking={...}`` sets more identity fields, e.g. the trial id)."""
     overrides = {
         "data": {"root": str(fsdd_root), "cache_dir": str(cache_dir), "max_clips": 600},
         "augment": {"pipeline": ["TS", "FD"]},
@@ -33,15 +35,16 @@ def small_config(
             "eval_epochs": 15,
             "seed": 7,
         },
-        "tracking": {
-            "tracking_uri": f"sqlite:///{store}/mlflow.db",
-            "results_dir": str(store),
-            "experiment": experiment,
-        },
     }
+    identity = RunIdentity(
+        tracking_uri=f"sqlite:///{store}/mlflow.db",
+        results_dir=store,
+        experiment=experiment,
+        **sections.pop("tracking", {}),
+    )
     for name, values in sections.items():
         overrides[name] = {**overrides.get(name, {}), **values}
-    return preset("quick", overrides)
+    return preset("quick", overrides), identity
 
 
 class KeepCheckpoints:
@@ -61,20 +64,20 @@ class KeepCheckpoints:
             raise KeyboardInterrupt("simulated preemption after the checkpoint")
 
 
-def runs_of(cfg: ExperimentConfig) -> list:
-    client = MlflowClient(cfg.tracking.tracking_uri)
-    experiment = client.get_experiment_by_name(cfg.tracking.experiment)
+def runs_of(identity: RunIdentity) -> list:
+    client = MlflowClient(identity.tracking_uri)
+    experiment = client.get_experiment_by_name(identity.experiment)
     assert experiment is not None
     return client.search_runs([experiment.experiment_id])
 
 
 @pytest.mark.slow
 def test_in_process_trial_trains_evaluates_and_logs(fsdd_root, cache_dir, mlflow_store, tmp_path):
-    cfg = small_config(
+    cfg, who = small_config(
         fsdd_root, cache_dir, mlflow_store, tmp_path.name, tracking={"trial_id": "inproc"}
     )
     reports = KeepCheckpoints(tmp_path / "ckpt")
-    final = run_loop(cfg, CallbackContext(reports))
+    final = run_loop(cfg, CallbackContext(reports), who)
 
     assert [int(m["epoch"]) for m in reports.metrics] == [0, 1]
     for key in ("loss", "lr", "samples_per_s", "epoch_seconds"):
@@ -83,8 +86,8 @@ def test_in_process_trial_trains_evaluates_and_logs(fsdd_root, cache_dir, mlflow
     assert final["test_top1"] > 0.2
     assert 0.0 < final["test_macro_f1"] <= 1.0
 
-    (run,) = runs_of(cfg)
-    client = MlflowClient(cfg.tracking.tracking_uri)
+    (run,) = runs_of(who)
+    client = MlflowClient(who.tracking_uri)
     assert run.info.status == "FINISHED"
     assert run.data.params["augment.pipeline"] == '["TS", "FD"]'
     assert run.data.params["frontend.name"] == "stft3"
@@ -99,7 +102,7 @@ def test_in_process_trial_trains_evaluates_and_logs(fsdd_root, cache_dir, mlflow
 def test_restart_from_checkpoint_matches_uninterrupted_run(
     fsdd_root, cache_dir, mlflow_store, tmp_path
 ):
-    straight = small_config(
+    straight, straight_who = small_config(
         fsdd_root,
         cache_dir,
         mlflow_store,
@@ -107,9 +110,9 @@ def test_restart_from_checkpoint_matches_uninterrupted_run(
         train={"eval_every": 10, "epochs": 2},
     )
     uninterrupted = KeepCheckpoints(tmp_path / "a-ckpt")
-    run_loop(straight, CallbackContext(uninterrupted))
+    run_loop(straight, CallbackContext(uninterrupted), straight_who)
 
-    resumed_cfg = small_config(
+    resumed_cfg, resumed_cfg_who = small_config(
         fsdd_root,
         cache_dir,
         mlflow_store,
@@ -118,20 +121,24 @@ def test_restart_from_checkpoint_matches_uninterrupted_run(
     )
     first = KeepCheckpoints(tmp_path / "b-ckpt", fail_after_epoch=0)
     with pytest.raises(KeyboardInterrupt):
-        run_loop(resumed_cfg, CallbackContext(first))
+        run_loop(resumed_cfg, CallbackContext(first), resumed_cfg_who)
     second = KeepCheckpoints(tmp_path / "b-ckpt")
-    run_loop(resumed_cfg, CallbackContext(second, restore_dir=tmp_path / "b-ckpt" / "epoch0"))
+    run_loop(
+        resumed_cfg,
+        CallbackContext(second, restore_dir=tmp_path / "b-ckpt" / "epoch0"),
+        resumed_cfg_who,
+    )
 
     assert [int(m["epoch"]) for m in second.metrics] == [1]
     expected, got = uninterrupted.metrics[1], second.metrics[0]
     for key in ("loss", "lr", "test_top1"):
         assert got[key] == pytest.approx(expected[key], rel=1e-4, abs=1e-6), key
     # The restarted trial continued its own MLflow run: one run, FINISHED.
-    (run,) = runs_of(resumed_cfg)
+    (run,) = runs_of(resumed_cfg_who)
     assert run.info.status == "FINISHED"
     steps = [
         p.step
-        for p in MlflowClient(resumed_cfg.tracking.tracking_uri).get_metric_history(
+        for p in MlflowClient(resumed_cfg_who.tracking_uri).get_metric_history(
             run.info.run_id, "loss"
         )
     ]
@@ -141,10 +148,12 @@ def test_restart_from_checkpoint_matches_uninterrupted_run(
     # trains nothing, reports nothing and leaves the finished MLflow run as it was.
     again = KeepCheckpoints(tmp_path / "c-ckpt")
     final = run_loop(
-        resumed_cfg, CallbackContext(again, restore_dir=tmp_path / "b-ckpt" / "epoch1")
+        resumed_cfg,
+        CallbackContext(again, restore_dir=tmp_path / "b-ckpt" / "epoch1"),
+        resumed_cfg_who,
     )
     assert again.metrics == [] and final["loss"] == second.metrics[0]["loss"]
-    (unchanged,) = runs_of(resumed_cfg)
+    (unchanged,) = runs_of(resumed_cfg_who)
     assert (unchanged.info.status, unchanged.info.end_time) == ("FINISHED", run.info.end_time)
 
 
@@ -152,7 +161,7 @@ def test_restart_from_checkpoint_matches_uninterrupted_run(
 def test_clar_with_ten_percent_labels_logs_both_components(
     fsdd_root, cache_dir, mlflow_store, tmp_path
 ):
-    cfg = small_config(
+    cfg, who = small_config(
         fsdd_root,
         cache_dir,
         mlflow_store,
@@ -162,12 +171,12 @@ def test_clar_with_ten_percent_labels_logs_both_components(
         train={"epochs": 1, "eval_every": 5},
     )
     reports = KeepCheckpoints(tmp_path / "ckpt")
-    run_loop(cfg, CallbackContext(reports))
+    run_loop(cfg, CallbackContext(reports), who)
     (metrics,) = reports.metrics
     assert metrics["nt_xent"] > 0
     assert metrics["ce"] > 0  # 32-clip batches at 10 % labels: labelled clips are present
     assert metrics["loss"] == pytest.approx(metrics["nt_xent"] + metrics["ce"], rel=1e-4)
-    (run,) = runs_of(cfg)
+    (run,) = runs_of(who)
     names = set(run.data.metrics)
     assert {"nt_xent", "ce", "loss"} <= names
 
@@ -179,20 +188,20 @@ def test_forced_nan_fails_the_trial_with_a_readable_reason(
     marker = tmp_path / "nan-once"
     marker.touch()
     monkeypatch.setenv("CLARLAB_INJECT_FAULT", f"nan:0:1:0:{marker}")
-    cfg = small_config(fsdd_root, cache_dir, mlflow_store, tmp_path.name, train={"epochs": 1})
+    cfg, who = small_config(fsdd_root, cache_dir, mlflow_store, tmp_path.name, train={"epochs": 1})
     with pytest.raises(NonFiniteLossError, match="epoch 0, step 1"):
-        run_loop(cfg, CallbackContext())
-    (run,) = runs_of(cfg)
+        run_loop(cfg, CallbackContext(), who)
+    (run,) = runs_of(who)
     assert run.info.status == "FAILED"
     assert "non-finite loss at epoch 0, step 1" in run.data.tags["clarlab.error"]
 
 
 def test_bad_batch_size_fails_before_training(fsdd_root, cache_dir, mlflow_store, tmp_path):
-    cfg = small_config(
+    cfg, who = small_config(
         fsdd_root, cache_dir, mlflow_store, tmp_path.name, train={"batch_size": 4096}
     )
     with pytest.raises(ValueError, match=r"train.batch_size=4096 .* \(5\d\d clips"):
-        run_loop(cfg, CallbackContext())
+        run_loop(cfg, CallbackContext(), who)
 
 
 def test_epoch_batches_shard_the_global_batch():
@@ -229,7 +238,7 @@ def test_early_stopping_counts_epochs_without_improvement():
 def test_early_stopping_ends_the_trial_in_the_loop(fsdd_root, cache_dir, mlflow_store, tmp_path):
     # The watched value must fall deterministically for the test: the learning rate under
     # cosine decay does, so watching it makes the loop stop after `patience` epochs.
-    cfg = small_config(
+    cfg, who = small_config(
         fsdd_root,
         cache_dir,
         mlflow_store,
@@ -245,7 +254,7 @@ def test_early_stopping_ends_the_trial_in_the_loop(fsdd_root, cache_dir, mlflow_
         },
     )
     reports = KeepCheckpoints(tmp_path / "ckpt")
-    run_loop(cfg, CallbackContext(reports))
+    run_loop(cfg, CallbackContext(reports), who)
     assert [m["early_stopped"] for m in reports.metrics] == [0.0, 1.0]
-    (run,) = runs_of(cfg)
+    (run,) = runs_of(who)
     assert run.info.status == "FINISHED"

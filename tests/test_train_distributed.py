@@ -42,16 +42,18 @@ def two_worker_config(
 def test_two_workers_finish_and_log_one_run(
     ray_cluster, fsdd_root, cache_dir, mlflow_store, tmp_path
 ):
-    cfg = two_worker_config(
+    cfg, who = two_worker_config(
         fsdd_root, cache_dir, mlflow_store, tmp_path.name, tracking={"trial_id": "ddp"}
     )
-    result = build_torch_trainer(cfg, run_name="ddp", storage_path=str(tmp_path / "ray")).fit()
+    result = build_torch_trainer(
+        cfg, identity=who, run_name="ddp", storage_path=str(tmp_path / "ray")
+    ).fit()
     assert result.error is None
     assert result.metrics["epoch"] == 1
     assert result.metrics["test_top1"] > 0.2  # chance is 0.1
 
-    (run,) = runs_of(cfg)
-    client = MlflowClient(cfg.tracking.tracking_uri)
+    (run,) = runs_of(who)
+    client = MlflowClient(who.tracking_uri)
     assert run.info.status == "FINISHED"
     assert run.data.params["train.num_workers"] == "2"
     assert sorted(p.step for p in client.get_metric_history(run.info.run_id, "loss")) == [0, 1]
@@ -66,21 +68,20 @@ def test_killed_worker_resumes_from_checkpoint(
     ray_cluster, fsdd_root, cache_dir, mlflow_store, tmp_path
 ):
     ray_cluster.touch()  # arm: rank 1 dies once, mid-epoch 1
-    cfg = two_worker_config(
+    cfg, who = two_worker_config(
         fsdd_root, cache_dir, mlflow_store, tmp_path.name, tracking={"trial_id": "killed"}
     )
     trainer = build_torch_trainer(
-        cfg, run_name="killed", storage_path=str(tmp_path / "ray"), max_failures=1
+        cfg, identity=who, run_name="killed", storage_path=str(tmp_path / "ray"), max_failures=1
     )
     result = trainer.fit()
     assert not ray_cluster.exists(), "the fault never fired"
     assert result.error is None
     assert result.metrics["epoch"] == 1
-    (run,) = runs_of(cfg)  # one MLflow run, continued after the restart
+    (run,) = runs_of(who)  # one MLflow run, continued after the restart
     assert run.info.status == "FINISHED"
     steps = [
-        p.step
-        for p in MlflowClient(cfg.tracking.tracking_uri).get_metric_history(run.info.run_id, "loss")
+        p.step for p in MlflowClient(who.tracking_uri).get_metric_history(run.info.run_id, "loss")
     ]
     assert sorted(set(steps)) == [0, 1]
 
@@ -95,11 +96,15 @@ def test_gathered_nt_xent_matches_one_worker_with_the_global_batch(
         "augment": {"pipeline": []},
         "train": {"epochs": 1, "max_steps_per_epoch": 1, "eval_every": 5},
     }
-    one = small_config(fsdd_root, cache_dir, mlflow_store, f"{tmp_path.name}-1", **common)
+    one, one_who = small_config(fsdd_root, cache_dir, mlflow_store, f"{tmp_path.name}-1", **common)
     reports = KeepCheckpoints(tmp_path / "ckpt")
-    run_loop(one, CallbackContext(reports))
+    run_loop(one, CallbackContext(reports), one_who)
 
-    two = two_worker_config(fsdd_root, cache_dir, mlflow_store, f"{tmp_path.name}-2", **common)
-    result = build_torch_trainer(two, run_name="gathered", storage_path=str(tmp_path / "r")).fit()
+    two, two_who = two_worker_config(
+        fsdd_root, cache_dir, mlflow_store, f"{tmp_path.name}-2", **common
+    )
+    result = build_torch_trainer(
+        two, identity=two_who, run_name="gathered", storage_path=str(tmp_path / "r")
+    ).fit()
     assert result.error is None
     assert result.metrics["nt_xent"] == pytest.approx(reports.metrics[0]["nt_xent"], rel=1e-4)

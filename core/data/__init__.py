@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from core.data import esc50, fsdd, nsynth, speech_commands, urbansound8k
 from core.data.base import DatasetError, DatasetNotFoundError, DatasetSpec, Listing, Resource
 from core.data.splits import Split, kfold_quaclrs, label_fraction_mask, make_split
+from core.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from core.config import DataConfig
@@ -96,13 +97,11 @@ def open_cache(cfg: DataConfig, progress: bool = True) -> AudioCache:
     return _open_cache(cfg, progress=progress)
 
 
-def __getattr__(name: str) -> object:
-    """``AudioCache``/``CacheDataset`` on demand: importing torch only when the cache is used."""
-    if name in ("AudioCache", "CacheDataset", "describe"):
-        from core.data import cache
-
-        return getattr(cache, name)
-    raise AttributeError(f"module 'core.data' has no attribute {name!r}")
+# ``AudioCache``/``CacheDataset`` on demand: importing torch only when the cache is used.
+__getattr__ = lazy_attributes(
+    "core.data",
+    {name: "core.data.cache" for name in ("AudioCache", "CacheDataset", "describe")},
+)
 
 
 __all__ = [

@@ -82,6 +82,15 @@ class Listing:
         )
 
 
+def subsample(listing: Listing, max_clips: int | None) -> Listing:
+    """``max_clips`` clips of ``listing``, chosen by a fixed seed (the same on every node
+    and in every trial, so trials of one sweep share one cache), in listing order."""
+    if max_clips is None or max_clips >= len(listing.files):
+        return listing
+    keep = np.sort(np.random.default_rng(0).permutation(len(listing.files))[:max_clips])
+    return listing.subset(keep)
+
+
 Scanner = Callable[[Path, str | None], Listing]
 
 

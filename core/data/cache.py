@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from core.data import cache_home, dataset_root, get_spec
 from core.data._decode import STORAGE_SCALE, decode_rows
-from core.data.base import DatasetError, DatasetSpec, Listing, file_lock
+from core.data.base import DatasetError, DatasetSpec, Listing, file_lock, subsample
 
 if TYPE_CHECKING:
     from core.config import DataConfig
@@ -230,13 +230,7 @@ def resolve(cfg: DataConfig, progress: bool = True) -> CacheRequest:
 
 def scan(request: CacheRequest) -> Listing:
     """The dataset's listing, subsampled deterministically when ``max_clips`` is set."""
-    listing = request.spec.scan(request.root, request.label_field)
-    if request.max_clips is not None and request.max_clips < len(listing.files):
-        keep = np.sort(
-            np.random.default_rng(0).permutation(len(listing.files))[: request.max_clips]
-        )
-        listing = listing.subset(keep)
-    return listing
+    return subsample(request.spec.scan(request.root, request.label_field), request.max_clips)
 
 
 def cache_key(request: CacheRequest, listing: Listing) -> str:

@@ -1,0 +1,257 @@
+"""Each method's hyperparameters, with the published defaults, and the method registry.
+
+A method is one config class here plus one ``nn.Module`` class that implements it; the
+``@register_method`` line on the config joins the two. The configs live in this torch-free
+module, apart from their implementations, so that the sweep driver validates a whole grid
+(method names, fields, cross-section checks) without importing torch.
+
+Defaults are the values of the method's own paper, so a cross-method comparison is not
+biased by one method running with another's settings:
+
+=============  ============================================================================
+simclr, clar   tau 0.5 (SimCLR's batch-1024+ setting, CLAR 3.3)
+moco           tau 0.07, key-encoder momentum 0.999, queue 65,536 (He et al. 2020)
+mocov2         tau 0.2, momentum 0.999, queue 65,536, MLP head (Chen et al. 2020)
+byol           base momentum 0.996, cosine-scheduled to 1 (Grill et al. 2020)
+barlow_twins   lambda 5e-3 (Zbontar et al. 2021)
+dino           teacher tau 0.04, student tau 0.1, centre momentum 0.9, teacher momentum
+               0.996 to 1, 65,536 prototypes (Caron et al. 2021)
+swav           tau 0.1, Sinkhorn epsilon 0.05 and 3 iterations, 3,000 prototypes
+               (Caron et al. 2020)
+=============  ============================================================================
+
+A search space or ``--set method.<field>=...`` overrides any of them; a field the named
+method does not have is an error that lists the fields it has.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+if TYPE_CHECKING:
+    from core.config import ExperimentConfig
+
+
+class MethodConfig(BaseModel):
+    """Fields every method has. Subclasses add their own and set ``name``'s Literal."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    name: str
+    # Inverse-frequency weights on the cross-entropy term (QUACLRS 4.6); only methods
+    # whose loss has such a term (``uses_labels``) accept true.
+    class_weights: bool = False
+
+    uses_labels: ClassVar[bool] = False  # the loss reads the labels of the batch
+
+    def check(self, experiment: ExperimentConfig) -> None:
+        """Cross-section checks, run when the experiment is validated. Raise ValueError
+        with a message naming the fields and the fix."""
+        if self.class_weights and not self.uses_labels:
+            labelled = ", ".join(repr(n) for n in sorted(METHODS) if METHODS[n].config.uses_labels)
+            raise ValueError(
+                f"method.class_weights=true weighs a cross-entropy term, but method.name="
+                f"{self.name!r} has none; use method.name={labelled}, or set "
+                f"method.class_weights=false"
+            )
+
+    @property
+    def temperature_shown(self) -> float | None:
+        """The temperature to show in tables (None for methods without one)."""
+        return getattr(self, "temperature", None)
+
+
+@dataclass
+class MethodEntry:
+    """A registered method: its config class and its implementation (a ``Method``
+    subclass, or ``"module:Class"`` imported on first use)."""
+
+    config: type[MethodConfig]
+    implementation: Any
+
+    def load(self) -> Any:
+        if isinstance(self.implementation, str):
+            module, _, attribute = self.implementation.partition(":")
+            self.implementation = getattr(importlib.import_module(module), attribute)
+        return self.implementation
+
+
+METHODS: dict[str, MethodEntry] = {}
+
+
+def register_method(config: type[MethodConfig] | None = None, implementation: Any = None) -> Any:
+    """Register a method: ``register_method(ToyConfig, Toy)``, or as a decorator on a
+    config, ``@register_method(implementation="core.methods.simclr:SimCLR")``.
+
+    The method's name is the default of its config's ``name`` field.
+    """
+
+    def add(config_class: type[MethodConfig]) -> type[MethodConfig]:
+        name = config_class.model_fields["name"].default
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"{config_class.__name__}.name needs a default, e.g. 'simclr'")
+        if implementation is None:
+            raise TypeError(f"register_method({config_class.__name__}) needs its implementation")
+        METHODS[name] = MethodEntry(config_class, implementation)
+        return config_class
+
+    if config is not None:
+        return add(config)
+    return add
+
+
+def unregister_method(name: str) -> None:
+    """Remove a registered method (tests that add a toy method clean up with this)."""
+    METHODS.pop(name, None)
+
+
+def method_config_class(name: str) -> type[MethodConfig]:
+    """The config class of method ``name``; unknown names list the registered ones."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; valid: {', '.join(sorted(METHODS))}")
+    return METHODS[name].config
+
+
+def method_fields(name: str) -> list[str]:
+    """The fields method ``name`` accepts, for error messages."""
+    return list(method_config_class(name).model_fields)
+
+
+def all_method_fields() -> set[str]:
+    """Every field any registered method has (what a search space may set under method.)."""
+    return {field for entry in METHODS.values() for field in entry.config.model_fields}
+
+
+# --- the built-in methods ---------------------------------------------------------------
+@register_method(implementation="core.methods.supervised:Supervised")
+class SupervisedConfig(MethodConfig):
+    """Cross-entropy on the labelled clips (CLAR's and QUACLRS's supervised baseline)."""
+
+    name: Literal["supervised"] = "supervised"
+    uses_labels: ClassVar[bool] = True
+
+
+@register_method(implementation="core.methods.simclr:SimCLR")
+class SimCLRConfig(MethodConfig):
+    """SimCLR's NT-Xent (Chen et al. 2020); CLAR's self-supervised setting."""
+
+    name: Literal["simclr"] = "simclr"
+    temperature: float = Field(0.5, gt=0)
+
+
+@register_method(implementation="core.methods.simclr:CLAR")
+class CLARConfig(MethodConfig):
+    """NT-Xent plus cross-entropy on the batch's labelled clips (CLAR Eq. 3)."""
+
+    name: Literal["clar"] = "clar"
+    temperature: float = Field(0.5, gt=0)
+    ce_weight: float = Field(1.0, ge=0)  # weight of the cross-entropy term
+    uses_labels: ClassVar[bool] = True
+
+
+class _MoCoBase(MethodConfig):
+    momentum: float = Field(0.999, ge=0, le=1)  # key encoder EMA
+    queue_size: int = Field(65_536, gt=0)
+
+    def check(self, experiment: ExperimentConfig) -> None:
+        super().check(experiment)
+        batch = experiment.train.batch_size
+        if self.queue_size % batch:
+            raise ValueError(
+                f"method.queue_size={self.queue_size} must be a multiple of the global "
+                f"train.batch_size={batch} (keys are enqueued a whole global batch at a time)"
+            )
+
+
+@register_method(implementation="core.methods.moco:MoCo")
+class MoCoConfig(_MoCoBase):
+    """MoCo v1 (He et al. 2020): linear head, InfoNCE against a queue of momentum keys."""
+
+    name: Literal["moco"] = "moco"
+    temperature: float = Field(0.07, gt=0)
+
+
+@register_method(implementation="core.methods.moco:MoCoV2")
+class MoCoV2Config(_MoCoBase):
+    """MoCo v2 (Chen et al. 2020): MoCo with an MLP head and tau 0.2."""
+
+    name: Literal["mocov2"] = "mocov2"
+    temperature: float = Field(0.2, gt=0)
+
+
+@register_method(implementation="core.methods.byol:BYOL")
+class BYOLConfig(MethodConfig):
+    """BYOL (Grill et al. 2020)."""
+
+    name: Literal["byol"] = "byol"
+    momentum: float = Field(0.996, ge=0, le=1)  # base of the cosine schedule to 1
+
+
+@register_method(implementation="core.methods.barlow_twins:BarlowTwins")
+class BarlowTwinsConfig(MethodConfig):
+    """Barlow Twins (Zbontar et al. 2021)."""
+
+    name: Literal["barlow_twins"] = "barlow_twins"
+    lambda_offdiag: float = Field(5e-3, ge=0)  # weight of the redundancy-reduction term
+
+
+@register_method(implementation="core.methods.dino:DINO")
+class DINOConfig(MethodConfig):
+    """DINO (Caron et al. 2021) with two views."""
+
+    name: Literal["dino"] = "dino"
+    out_dim: int = Field(65_536, gt=0)
+    teacher_temperature: float = Field(0.04, gt=0)
+    student_temperature: float = Field(0.1, gt=0)
+    center_momentum: float = Field(0.9, ge=0, le=1)
+    momentum: float = Field(0.996, ge=0, le=1)  # teacher EMA, cosine-scheduled to 1
+
+    @property
+    def temperature_shown(self) -> float | None:
+        return self.student_temperature
+
+
+@register_method(implementation="core.methods.swav:SwAV")
+class SwAVConfig(MethodConfig):
+    """SwAV (Caron et al. 2020): swapped prediction of Sinkhorn-Knopp codes."""
+
+    name: Literal["swav"] = "swav"
+    temperature: float = Field(0.1, gt=0)
+    prototypes: int = Field(3_000, gt=0)
+    epsilon: float = Field(0.05, gt=0)
+    sinkhorn_iterations: int = Field(3, gt=0)
+
+
+def parse_method(raw: Any) -> MethodConfig:
+    """Validate a raw ``method`` section by the config class its ``name`` selects.
+
+    Raises ValueError naming the bad field; an unknown field lists the fields the method
+    has (not every method's).
+    """
+    if isinstance(raw, MethodConfig):
+        return raw
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"expected a mapping with at least 'name', got {raw!r}")
+    name = raw.get("name", "simclr")
+    config_class = method_config_class(name)
+    unknown = sorted(set(raw) - set(config_class.model_fields))
+    if unknown:
+        raise ValueError(
+            f"method {name!r} has no field(s) {', '.join(unknown)}; its fields: "
+            f"{', '.join(config_class.model_fields)}"
+        )
+    try:
+        return config_class.model_validate({**raw, "name": name})
+    except ValidationError as error:
+        problems = []
+        for item in error.errors():
+            where = ".".join(str(part) for part in item["loc"])
+            message = item["msg"].removeprefix("Value error, ")
+            problems.append(f"method.{where}: {message} (got {item.get('input')!r})")
+        raise ValueError("; ".join(problems)) from None

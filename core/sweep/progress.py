@@ -1,0 +1,65 @@
+"""A quiet progress line for the terminal instead of Tune's tables."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from ray import tune
+
+from core.sweep.trial import trial_name
+
+
+class SweepProgress(tune.Callback):
+    """A quiet replacement for Tune's tables: one line per finished or failed trial and a
+    status line (done / running / pending, best so far) at most every ``every_s`` seconds.
+
+    It prints to ``sys.stdout`` at call time rather than holding a stream, because Tune
+    pickles its callbacks into the experiment state that ``--resume`` restores.
+    """
+
+    def __init__(self, total: int, metric: str, every_s: float = 30.0) -> None:
+        self.total = total
+        self.metric = metric
+        self.every_s = every_s
+        self.best: tuple[float, str] | None = None
+        self.last_print = 0.0
+        self.started = time.time()
+
+    def status_line(self, trials: Sequence[Any]) -> str:
+        done = sum(trial.status == "TERMINATED" for trial in trials)
+        failed = sum(trial.status == "ERROR" for trial in trials)
+        running = sum(trial.status == "RUNNING" for trial in trials)
+        pending = self.total - done - failed - running
+        best = f"; best {self.metric} {self.best[0]:.4f} ({self.best[1]})" if self.best else ""
+        minutes = (time.time() - self.started) / 60
+        return (
+            f"[{minutes:5.1f} min] {done + failed}/{self.total} done ({failed} failed), "
+            f"{running} running, {pending} pending{best}"
+        )
+
+    def _say(self, text: str) -> None:
+        print(text, flush=True)
+        self.last_print = time.time()
+
+    def on_trial_result(
+        self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
+    ) -> None:
+        value = result.get(self.metric)
+        if value is not None and (self.best is None or value > self.best[0]):
+            self.best = (float(value), trial_name(trial))
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        value = (trial.last_result or {}).get(self.metric)
+        shown = f"{self.metric}={value:.4f}" if value is not None else f"no {self.metric}"
+        self._say(f"  finished {trial_name(trial)}: {shown}")
+        self._say(self.status_line(trials))
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._say(f"  FAILED   {trial_name(trial)}: see {trial.error_file or trial.path}")
+        self._say(self.status_line(trials))
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        if time.time() - self.last_print >= self.every_s:
+            self._say(self.status_line(trials))

@@ -1,0 +1,178 @@
+"""A sweep's results: Tune's experiment state read back into one record per trial, the
+report (:mod:`core.report`) attached to the MLflow parent run, and the summary."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from ray import tune
+
+from core.report import FAILED, FINISHED, ReportFiles, TrialRecord, log_report_to_run, write_report
+from core.sweep.resources import Resources
+from core.sweep.space import Trial
+from core.sweep.state import SweepState
+from core.sweep.trial import trial_name
+
+
+@dataclass
+class SweepOutcome:
+    """What a sweep left behind (a dry run fills only the first fields)."""
+
+    run_name: str
+    run_dir: Path
+    trials: list[Trial]
+    resources: Resources
+    parent_run_id: str | None = None
+    tracking_uri: str | None = None
+    experiment: str | None = None
+    records: list[TrialRecord] = field(default_factory=list)
+    report: ReportFiles | None = None
+    summary: str = ""
+    fit_seconds: float | None = None  # wall time of this invocation's Tune run
+
+    @property
+    def complete(self) -> bool:
+        """Every trial ended (finished or failed): nothing is left to resume."""
+        return len(self.records) == len(self.trials) and all(
+            record.status in (FINISHED, FAILED) for record in self.records
+        )
+
+    @property
+    def failed(self) -> list[str]:
+        return [record.trial_id for record in self.records if record.status == FAILED]
+
+
+_REPORTED_METRICS = ("test_top1", "test_macro_f1", "val_top1", "val_macro_f1", "loss", "epoch")
+
+
+def collect_records(experiment_path: str, trials: Sequence[Trial]) -> list[TrialRecord]:
+    """One :class:`TrialRecord` per trial, from Tune's experiment state (any progress).
+
+    A metric's value is its last reported one (evaluation epochs report ``test_*``, other
+    epochs do not); trials Tune never started are PENDING.
+    """
+    found: dict[str, tuple[Any, Any]] = {}
+    if tune.Tuner.can_restore(experiment_path):
+        analysis = tune.ExperimentAnalysis(experiment_path)
+        frames = analysis.trial_dataframes
+        for tune_trial in analysis.trials:
+            found[trial_name(tune_trial)] = (tune_trial, frames.get(tune_trial.trial_id))
+    records = []
+    for trial in trials:
+        cfg = trial.config
+        record = TrialRecord(
+            trial_id=trial.trial_id,
+            status="PENDING",
+            panel=trial.panel,
+            first=trial.first,
+            second=trial.second,
+            pipeline=list(cfg.augment.pipeline),
+            frontend=cfg.frontend.name,
+            encoder=cfg.model.encoder,
+        )
+        if trial.trial_id in found:
+            tune_trial, frame = found[trial.trial_id]
+            record.status = {"TERMINATED": FINISHED, "ERROR": FAILED}.get(
+                tune_trial.status, tune_trial.status
+            )
+            if frame is not None and not frame.empty:
+                for name in _REPORTED_METRICS:
+                    if name in frame.columns and frame[name].notna().any():
+                        record.metrics[name] = float(frame[name].dropna().iloc[-1])
+            if "epoch" in record.metrics:
+                record.epochs = int(record.metrics["epoch"]) + 1
+            record.wall_seconds = (tune_trial.last_result or {}).get("time_total_s")
+            if record.status == FAILED:
+                record.error = _error_summary(tune_trial.error_file)
+        records.append(record)
+    return records
+
+
+# "ValueError: ...", "ray.exceptions.RayTaskError(ValueError): ..." at the start of a line.
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b[^:\s]*: ")
+
+
+def _error_summary(error_file: str | None) -> str:
+    """The innermost exception line of a Tune error file, shortened. A message spanning
+    several lines (a state dict mismatch) keeps its first line, which names the cause."""
+    if not error_file or not Path(error_file).is_file():
+        return "failed (no error file)"
+    lines = [line.strip() for line in Path(error_file).read_text().splitlines() if line.strip()]
+    exception_lines = [line for line in lines if _EXCEPTION_LINE.match(line)]
+    chosen = exception_lines[-1] if exception_lines else (lines[-1] if lines else "failed")
+    return chosen[:300]
+
+
+def mlflow_hint(tracking_uri: str, experiment: str, run_id: str | None) -> str:
+    """How to look at the sweep: the UI command for a local store, the URL for a server."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"MLflow: {tracking_uri.rstrip('/')}/#/experiments (experiment {experiment!r}, parent run {run_id})"
+    return (
+        f"MLflow: mlflow ui --host 127.0.0.1 --backend-store-uri {tracking_uri}\n"
+        f"        then open http://127.0.0.1:5000 (experiment {experiment!r}, parent run {run_id})"
+    )
+
+
+def finish_sweep(
+    state: SweepState,
+    run_dir: Path,
+    stream: TextIO,
+    set_status: bool,
+    fit_seconds: float | None = None,
+) -> SweepOutcome:
+    """Write the report, attach it to the parent run, end the parent, print the summary."""
+    from core import tracking as mlflow_tracking
+
+    records = collect_records(state.experiment_path, state.trials)
+    report = write_report(
+        records,
+        run_dir / "report",
+        codes=state.matrix_codes,
+        panels=state.panels,
+        metric=state.metric,
+        name=state.ablation,
+    )
+    uri, parent = state.tracking_uri, state.parent_run_id
+    log_report_to_run(uri, parent, report.files)
+    client = mlflow_tracking.tracking_client(uri)
+    for panel, matrix in report.matrices.items():
+        corner = matrix.values[-1, -1]
+        if not math.isnan(corner):
+            client.log_metric(parent, f"{state.metric}_mean_{panel}", float(corner))
+        if matrix.best is not None:
+            client.log_metric(parent, f"{state.metric}_best_{panel}", matrix.best[2])
+    outcome = SweepOutcome(
+        run_name=state.run_name,
+        run_dir=run_dir,
+        trials=state.trials,
+        resources=state.resources,
+        parent_run_id=parent,
+        tracking_uri=uri,
+        experiment=state.identity.experiment,
+        records=records,
+        report=report,
+        fit_seconds=fit_seconds,
+    )
+    if set_status:
+        mlflow_tracking.finish_run(uri, parent, "FINISHED" if outcome.complete else "KILLED")
+    lines = [
+        "",
+        f"sweep {state.run_name}"
+        + (f" ({fit_seconds / 60:.1f} min)" if fit_seconds is not None else ""),
+        report.summary,
+        f"report: {run_dir / 'report'}",
+        mlflow_hint(uri, state.identity.experiment, parent),
+    ]
+    if not outcome.complete:
+        lines.append(
+            f"the sweep is incomplete; continue it with --resume {state.run_name} "
+            f"(--results {run_dir.parent})"
+        )
+    outcome.summary = "\n".join(lines)
+    print(outcome.summary, file=stream, flush=True)
+    return outcome

@@ -1,0 +1,165 @@
+"""A sweep's own record, ``<results>/<run name>/sweep.json``: what was asked, the parent
+run, the trials' validated configs and how to resume. Typed, so the driver passes one
+object instead of a dict of keys, and it saves and loads itself.
+
+The file is what ``--resume`` and ``--report-only`` start from; Tune's own experiment
+state (trial progress, checkpoints) lives under ``experiment_path``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from core.config import ExperimentConfig
+from core.sweep.resources import Resources
+from core.sweep.space import SearchSpaceError, Trial
+from core.tracking import RunIdentity
+
+SWEEP_FILE = "sweep.json"
+TUNE_DIR_NAME = "tune"
+STATE_VERSION = 2
+
+
+@dataclass
+class SweepState:
+    """Everything a sweep needs to be resumed or reported on."""
+
+    run_name: str
+    ablation: str
+    search_space: str
+    preset: str | None
+    identity: RunIdentity  # the parent's identity: tracking URI, experiment, parent run id
+    experiment_path: str  # Tune's experiment folder (local or shared storage)
+    metric: str
+    matrix_codes: list[str] | None
+    panels: list[str]
+    resources: Resources
+    max_failures: int
+    command_line: str
+    trials: list[Trial]
+    created: float = field(default_factory=time.time)
+
+    @property
+    def tracking_uri(self) -> str:
+        assert self.identity.tracking_uri, "a sweep's identity always has a resolved URI"
+        return self.identity.tracking_uri
+
+    @property
+    def parent_run_id(self) -> str:
+        assert self.identity.parent_run_id, "a sweep's identity always has its parent run"
+        return self.identity.parent_run_id
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "run_name": self.run_name,
+            "ablation": self.ablation,
+            "search_space": self.search_space,
+            "preset": self.preset,
+            "created": self.created,
+            "identity": self.identity.to_dict(),
+            "experiment_path": self.experiment_path,
+            "metric": self.metric,
+            "matrix_codes": self.matrix_codes,
+            "panels": self.panels,
+            "resources": asdict(self.resources),
+            "max_failures": self.max_failures,
+            "command_line": self.command_line,
+            "trials": [
+                {
+                    "trial_id": trial.trial_id,
+                    "panel": trial.panel,
+                    "first": trial.first,
+                    "second": trial.second,
+                    "config": trial.config.model_dump(mode="json"),
+                }
+                for trial in self.trials
+            ],
+        }
+
+    def save(self, run_dir: Path) -> Path:
+        """Write ``sweep.json`` atomically (a crash never leaves half a file)."""
+        run_dir.mkdir(parents=True, exist_ok=True)
+        target = run_dir / SWEEP_FILE
+        handle, temporary = tempfile.mkstemp(dir=run_dir, prefix=".sweep-", suffix=".json")
+        with os.fdopen(handle, "w") as stream:
+            json.dump(self.to_json(), stream, indent=1)
+        os.replace(temporary, target)
+        return target
+
+    @classmethod
+    def load(cls, run_dir: Path) -> SweepState:
+        """Read a sweep's state; the trial configs are validated again (once per resume)."""
+        path = run_dir / SWEEP_FILE
+        raw = json.loads(path.read_text())
+        if raw.get("version") != STATE_VERSION:
+            raise SearchSpaceError(
+                f"{path} was written by another version of clarlab (state version "
+                f"{raw.get('version', 1)}, this one reads {STATE_VERSION}); rerun the sweep"
+            )
+        trials = [
+            Trial(
+                item["trial_id"],
+                item["panel"],
+                item["first"],
+                item["second"],
+                ExperimentConfig.from_dict(item["config"], source=f"{path} ({item['trial_id']})"),
+            )
+            for item in raw["trials"]
+        ]
+        return cls(
+            run_name=raw["run_name"],
+            ablation=raw["ablation"],
+            search_space=raw["search_space"],
+            preset=raw["preset"],
+            identity=RunIdentity.from_dict(raw["identity"]),
+            experiment_path=raw["experiment_path"],
+            metric=raw["metric"],
+            matrix_codes=raw["matrix_codes"],
+            panels=raw["panels"],
+            resources=Resources(**raw["resources"]),
+            max_failures=raw["max_failures"],
+            command_line=raw["command_line"],
+            trials=trials,
+            created=raw["created"],
+        )
+
+
+def unique_run_name(results_dir: Path, stem: str) -> str:
+    """``<stem>-<date>-<time>``, with a counter if that folder already exists."""
+    name = f"{stem}-{datetime.now():%Y%m%d-%H%M%S}"
+    candidate, number = name, 2
+    while (results_dir / candidate).exists():
+        candidate, number = f"{name}-{number}", number + 1
+    return candidate
+
+
+def find_sweep(results_dir: Path, which: str | bool, ablation: str | None = None) -> Path:
+    """The folder of a previous sweep: by run name (or path), or the latest of ``ablation``."""
+    if isinstance(which, str):
+        for candidate in (Path(which), results_dir / which):
+            if (candidate / SWEEP_FILE).is_file():
+                return candidate.resolve()
+        raise SearchSpaceError(
+            f"no sweep {which!r} under {results_dir} (no {results_dir / which / SWEEP_FILE}); "
+            f"pass the run name printed when the sweep started"
+        )
+    found = []
+    for state_file in results_dir.glob(f"*/{SWEEP_FILE}"):
+        with contextlib.suppress(OSError, ValueError):
+            raw = json.loads(state_file.read_text())
+            if ablation is None or raw.get("ablation") == ablation:
+                found.append((float(raw.get("created", 0.0)), str(state_file.parent)))
+    if not found:
+        raise SearchSpaceError(
+            f"no previous sweep{f' of {ablation}' if ablation else ''} under {results_dir}"
+        )
+    return Path(max(found)[1])

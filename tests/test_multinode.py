@@ -1,0 +1,144 @@
+"""Tracking from every node: a real two-node local Ray cluster, a real MLflow server.
+
+A user on the head passes ``--tracking-uri http://localhost:5000``. Trials run on other
+nodes, where ``localhost`` is the node itself. Here the server listens on this machine's
+node address only (as cluster.yaml binds the head's private address), the trial can only
+run on the second node (a custom resource only that node has), and the trial's run must
+arrive in the driver's store.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from core.sweep import SweepRequest, run_sweep
+from core.tracking import find_trial_runs, tracking_client
+from tests.test_sweep_e2e import _tiny
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def node_ip() -> str:
+    from ray._private.services import get_node_ip_address
+
+    address = get_node_ip_address()
+    if address.startswith("127."):
+        pytest.fail(
+            f"this machine's node address is loopback ({address}); the test needs a LAN one"
+        )
+    return address
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(node_ip: str, tmp_path_factory: pytest.TempPathFactory):
+    """``mlflow server`` bound to the node address only (not loopback, not 0.0.0.0)."""
+    folder = tmp_path_factory.mktemp("mlflow-server")
+    port = _free_port()
+    log = (folder / "server.log").open("w")
+    server = subprocess.Popen(
+        [
+            sys.executable, "-m", "mlflow", "server",
+            "--host", node_ip,
+            "--port", str(port),
+            "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
+            "--serve-artifacts",
+            "--artifacts-destination", str(folder / "artifacts"),
+            "--workers", "1",
+            # MLflow refuses Host headers it does not expect (DNS-rebinding protection).
+            "--allowed-hosts", f"{node_ip}:{port},{node_ip}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not _answers(f"http://{node_ip}:{port}/health"):
+        if server.poll() is not None or time.monotonic() > deadline:
+            server.kill()
+            pytest.fail(f"mlflow server did not start: {(folder / 'server.log').read_text()}")
+        time.sleep(0.5)
+    try:
+        yield port
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def two_nodes():
+    """A head with 1 CPU and a second node with 2 CPUs and the ``second_node`` resource."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        ray.shutdown()
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    cluster = Cluster(
+        initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False}
+    )
+    second = cluster.add_node(num_cpus=2, resources={"second_node": 2})
+    cluster.wait_for_nodes()
+    try:
+        yield cluster, second.node_id
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def test_a_trial_on_another_node_logs_to_the_drivers_server(
+    two_nodes, mlflow_server, node_ip, fsdd_root: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    cluster, second_node_id = two_nodes
+    port = mlflow_server
+    assert not _answers(f"http://localhost:{port}/health"), "the server must not be on loopback"
+    said = io.StringIO()
+    outcome = run_sweep(
+        SweepRequest(
+            preset="quick",
+            overrides=_tiny(fsdd_root, cache_dir),
+            axis_values={"augment.pipeline": ["FD"], "frontend.name": ["stft3"]},
+            address=cluster.address,
+            worker_resources={"second_node": 1},
+            tracking_uri=f"http://localhost:{port}",
+            results_dir=tmp_path / "results",
+            command_line="pytest multinode",
+        ),
+        stream=said,
+    )
+    shown = said.getvalue()
+    assert f"trials log to http://{node_ip}:{port}" in shown
+    assert outcome.tracking_uri == f"http://{node_ip}:{port}"
+    assert [record.status for record in outcome.records] == ["FINISHED"], shown
+
+    # Read back from the server, as the driver (and the MLflow UI) sees it.
+    (child,) = find_trial_runs(outcome.tracking_uri, outcome.parent_run_id)
+    assert child.info.status == "FINISHED"
+    assert child.data.tags["clarlab.ray_node_id"] == second_node_id, "it ran on the second node"
+    assert {"loss", "test_top1"} <= set(child.data.metrics)
+    parent = tracking_client(outcome.tracking_uri).get_run(outcome.parent_run_id)
+    assert parent.info.status == "FINISHED"
