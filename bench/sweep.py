@@ -183,6 +183,7 @@ def main() -> None:
             overrides=tiny_overrides(cache),
             axis_values={"augment.pipeline": codes, "frontend.name": ["stft3"]},
             max_concurrent=1,
+            controls=False,  # trials per sweep are counted; controls would add two
             results_dir=work / "results",
             tracking_uri=f"sqlite:///{work}/mlflow.db",
             run_name=name,

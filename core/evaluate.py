@@ -29,6 +29,27 @@ class EvaluationResult:
     class_names: list[str]
     split: str = "test"
     extra: dict[str, float] = field(default_factory=dict)
+    # Per clip, in cache-row order: which rows were scored, their true and predicted class.
+    # Intervals over test clips and McNemar's test between cells are built from these.
+    rows: np.ndarray | None = None
+    targets: np.ndarray | None = None
+    predictions: np.ndarray | None = None
+
+    @property
+    def correct(self) -> np.ndarray | None:
+        """Per-clip correctness (bool), or None when the predictions were not kept."""
+        if self.targets is None or self.predictions is None:
+            return None
+        return np.asarray(self.targets) == np.asarray(self.predictions)
+
+    def predictions_csv(self) -> str:
+        """``row,true,predicted`` per clip, with class names (the trial's artifact)."""
+        if self.rows is None or self.targets is None or self.predictions is None:
+            return "row,true,predicted\n"
+        lines = ["row,true,predicted"]
+        for row, true, predicted in zip(self.rows, self.targets, self.predictions, strict=True):
+            lines.append(f"{int(row)},{self.class_names[true]},{self.class_names[predicted]}")
+        return "\n".join(lines) + "\n"
 
     def metrics(self, prefix: str | None = None) -> dict[str, float]:
         """Flat scalar metrics for reporting (``test_top1``, ``test_macro_f1``, ...)."""
@@ -198,5 +219,9 @@ def evaluate_encoder(
         predictions = predict(head, (features - mean) / std)
         targets = cache.labels[np.sort(held_out[name])]
         confusion = confusion_matrix(targets, predictions, num_classes)
-        results[name] = scores_from_confusion(confusion, cache.class_names, split=name)
+        result = scores_from_confusion(confusion, cache.class_names, split=name)
+        result.rows = np.sort(held_out[name])
+        result.targets, result.predictions = targets.astype(np.int64), predictions.astype(np.int64)
+        results[name] = result
     return results
+

@@ -23,33 +23,25 @@ from pathlib import Path
 
 import numpy as np
 
-FINISHED = "FINISHED"
-FAILED = "FAILED"
+from core.cells import (
+    BELOW,
+    FAILED,
+    FINISHED,
+    SUPERVISED,
+    UNTRAINED,
+    Cell,
+    TrialRecord,
+    cell_rows,
+    controls_of,
+    describe_panel,
+    gather_cells,
+)
+
+__all__ = ["FAILED", "FINISHED", "TrialRecord"]
+
 MEAN_FIRST = "mean (first)"
 MEAN_SECOND = "mean (second)"
-
-
-@dataclass
-class TrialRecord:
-    """One trial as the report needs it; ``first``/``second`` are its matrix cell."""
-
-    trial_id: str
-    status: str  # FINISHED | FAILED | RUNNING | PENDING | ...
-    panel: str  # the non-matrix coordinates, e.g. the front end "raw1d"
-    first: str | None = None
-    second: str | None = None
-    pipeline: list[str] = field(default_factory=list)
-    frontend: str = ""
-    encoder: str = ""
-    metrics: dict[str, float] = field(default_factory=dict)
-    epochs: int | None = None
-    wall_seconds: float | None = None
-    error: str | None = None
-
-    def metric(self, name: str) -> float:
-        """The final value of ``name``, NaN when the trial never reported it."""
-        value = self.metrics.get(name)
-        return float(value) if value is not None else math.nan
+BELOW_MARK, BEST_MARK = "v", "*"  # terminal marks: below the control, within noise of best
 
 
 @dataclass
@@ -65,6 +57,10 @@ class AugmentationMatrix:
     codes: list[str]
     values: np.ndarray
     status: np.ndarray
+    half_width: np.ndarray | None = None  # (n, n) interval half-widths (NaN: one value)
+    within_best: np.ndarray | None = None  # (n, n) bool: not distinguishable from the best
+    below_control: np.ndarray | None = None  # (n, n) bool: below the untrained control
+    controls: dict[str, Cell] = field(default_factory=dict)
 
     @property
     def best(self) -> tuple[str, str, float] | None:
@@ -82,28 +78,55 @@ def _nanmean(values: np.ndarray) -> float:
 
 
 def augmentation_matrix(
-    records: Iterable[TrialRecord], codes: Sequence[str], panel: str, metric: str = "test_top1"
+    records: Iterable[TrialRecord],
+    codes: Sequence[str],
+    panel: str,
+    metric: str = "test_top1",
+    cells: dict[str, Cell] | None = None,
 ) -> AugmentationMatrix:
-    """Gather one panel's cells into the (n+1) x (n+1) Figure 4 layout with means."""
+    """Gather one panel's cells into the (n+1) x (n+1) Figure 4 layout with means.
+
+    A cell's value is its mean over seeds; a cell with a failed seed shows as failed only
+    when no seed finished.
+    """
+    records = list(records)
+    cells = cells if cells is not None else gather_cells(records, metric)
     codes = list(codes)
     index = {code: position for position, code in enumerate(codes)}
     size = len(codes)
     block = np.full((size, size), np.nan)
     status = np.full((size, size), "", dtype=object)
+    half = np.full((size, size), np.nan)
+    best = np.zeros((size, size), dtype=bool)
+    below = np.zeros((size, size), dtype=bool)
     for record in records:
         if record.panel != panel or record.first not in index or record.second not in index:
             continue
         i, j = index[record.first], index[record.second]
-        status[i, j] = record.status
-        if record.status == FINISHED:
-            block[i, j] = record.metric(metric)
+        cell = cells[record.cell_id]
+        status[i, j] = FINISHED if cell.finished else record.status
+        if cell.finished:
+            block[i, j] = cell.interval.mean
+            half[i, j] = cell.interval.half_width
+            best[i, j] = cell.within_best
+            below[i, j] = cell.verdict == BELOW
     values = np.full((size + 1, size + 1), np.nan)
     values[:size, :size] = block
     for k in range(size):
         values[k, size] = _nanmean(block[k, :])  # applied first: the row
         values[size, k] = _nanmean(block[:, k])  # applied second: the column
     values[size, size] = _nanmean(block)
-    return AugmentationMatrix(panel=panel, metric=metric, codes=codes, values=values, status=status)
+    return AugmentationMatrix(
+        panel=panel,
+        metric=metric,
+        codes=codes,
+        values=values,
+        status=status,
+        half_width=half,
+        within_best=best,
+        below_control=below,
+        controls=controls_of(cells, panel),
+    )
 
 
 def _cell_text(value: float, status: str) -> str:
@@ -145,8 +168,24 @@ def read_matrix_csv(path: Path) -> tuple[list[str], np.ndarray]:
     return codes, values
 
 
+def _control_line(matrix: AugmentationMatrix, scale: float) -> str:
+    parts = []
+    for role, label in ((UNTRAINED, "untrained control"), (SUPERVISED, "supervised")):
+        cell = matrix.controls.get(role)
+        if cell is not None and cell.scores.by_seed:
+            interval = cell.interval
+            shown = f"{interval.mean * scale:.1f}"
+            if not math.isnan(interval.half_width):
+                shown += f" +- {interval.half_width * scale:.1f}"
+            parts.append(f"{label} {shown}")
+    return "; ".join(parts)
+
+
 def write_heatmap_png(matrix: AugmentationMatrix, path: Path, title: str | None = None) -> Path:
-    """The Figure 4 heatmap: percentages in cells, means set apart, failed cells hatched."""
+    """The Figure 4 heatmap: mean (and +- half-width over seeds or clips) in each cell,
+    means set apart, failed cells hatched, cells within noise of the best framed in white,
+    cells below the untrained control framed in red and marked with a down arrow; the
+    controls are named under the title."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only; never needs a display
@@ -156,12 +195,13 @@ def write_heatmap_png(matrix: AugmentationMatrix, path: Path, title: str | None 
     labels = [*matrix.codes, "mean"]
     scale = 100.0 if np.nanmax(np.abs(np.nan_to_num(matrix.values))) <= 1.0 else 1.0
     shown = matrix.values * scale
-    figure, axes = plt.subplots(figsize=(1.0 * size + 2.5, 0.9 * size + 2.0))
+    figure, axes = plt.subplots(figsize=(1.15 * size + 2.8, 1.0 * size + 2.4))
     limits = (0.0, 100.0) if scale == 100.0 else (None, None)  # accuracies: a fixed 0-100 scale
     image = axes.imshow(np.ma.masked_invalid(shown), cmap="viridis", vmin=limits[0], vmax=limits[1])
     for i in range(size + 1):
         for j in range(size + 1):
-            status = matrix.status[i, j] if i < size and j < size else ""
+            inside = i < size and j < size
+            status = matrix.status[i, j] if inside else ""
             if status == FAILED:
                 axes.add_patch(
                     plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="xx", color="red")
@@ -171,8 +211,20 @@ def write_heatmap_png(matrix: AugmentationMatrix, path: Path, title: str | None 
                 text, color = "", "white"
             else:
                 text, color = f"{shown[i, j]:.1f}", "white"
+                if inside and matrix.half_width is not None:
+                    half = matrix.half_width[i, j] * scale
+                    text += "" if math.isnan(half) else f"\n+-{half:.1f}"
+            if inside and matrix.below_control is not None and matrix.below_control[i, j]:
+                axes.add_patch(
+                    plt.Rectangle((j - 0.45, i - 0.45), 0.9, 0.9, fill=False, color="red", lw=2)
+                )
+                text = "\u2193 " + text
+            if inside and matrix.within_best is not None and matrix.within_best[i, j]:
+                axes.add_patch(
+                    plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, color="white", lw=2.5)
+                )
             weight = "bold" if i == size or j == size else "normal"
-            axes.text(j, i, text, ha="center", va="center", color=color, fontsize=8, weight=weight)
+            axes.text(j, i, text, ha="center", va="center", color=color, fontsize=7, weight=weight)
     axes.axhline(size - 0.5, color="black", linewidth=2)
     axes.axvline(size - 0.5, color="black", linewidth=2)
     axes.set_xticks(range(size + 1), labels)
@@ -180,11 +232,72 @@ def write_heatmap_png(matrix: AugmentationMatrix, path: Path, title: str | None 
     axes.set_xlabel("second augmentation")
     axes.set_ylabel("first augmentation")
     unit = " (%)" if scale == 100.0 else ""
-    axes.set_title(title or f"{matrix.panel}: {matrix.metric}{unit}")
+    heading = title or f"{matrix.panel}: {matrix.metric}{unit}"
+    controls = _control_line(matrix, scale)
+    legend = "white frame: within noise of the best; red frame, \u2193: below the untrained control"
+    axes.set_title(f"{heading}\n{controls}\n{legend}" if controls else heading, fontsize=8)
     figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def write_cells_csv(cells: dict[str, Cell], panels: Sequence[str], path: Path) -> Path:
+    """Every cell and control: mean, 95 % interval, seeds and comparisons (long format)."""
+    rows = cell_rows(cells, panels)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["cell"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def write_curves_png(
+    records: Sequence[TrialRecord], panel: str, metric: str, path: Path
+) -> Path | None:
+    """Training loss per epoch and the evaluation metric at each evaluation, one line per
+    cell (mean over seeds, a band from the lowest to the highest seed), the controls as
+    dashed lines. Figure 5 of CLAR is this plot for the label-fraction sweep."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mine = [r for r in records if r.panel == panel and r.history]
+    if not mine:
+        return None
+    by_cell: dict[str, list[TrialRecord]] = {}
+    for record in mine:
+        by_cell.setdefault(record.cell_id, []).append(record)
+    figure, (loss_axes, metric_axes) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for cell_id, members in by_cell.items():
+        control = members[0].role != "cell"
+        style = {"linestyle": "--", "linewidth": 1.5} if control else {"linewidth": 1.0}
+        for axes, name in ((loss_axes, "loss"), (metric_axes, metric)):
+            series = [dict(r.history.get(name, [])) for r in members]
+            epochs = sorted(set().union(*series))
+            if not epochs:
+                continue
+            table = np.array([[s.get(e, np.nan) for e in epochs] for s in series])
+            mean = np.nanmean(table, axis=0)
+            (line,) = axes.plot(
+                epochs, mean, label=cell_id, marker="." if len(epochs) < 3 else None, **style
+            )
+            if table.shape[0] > 1:
+                axes.fill_between(
+                    epochs, np.nanmin(table, axis=0), np.nanmax(table, axis=0),
+                    color=line.get_color(), alpha=0.15,
+                )  # fmt: skip
+    loss_axes.set(xlabel="epoch", ylabel="training loss", title=f"{panel}: training loss")
+    metric_axes.set(xlabel="epoch", ylabel=metric, title=f"{panel}: {metric} (frozen encoder)")
+    if len(by_cell) <= 14:
+        metric_axes.legend(fontsize=7, loc="best")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
 
@@ -200,6 +313,8 @@ TABLE_COLUMNS = (
     "macro F1",
     "epochs",
     "wall (s)",
+    "method",
+    "seed",
 )
 
 
@@ -218,6 +333,8 @@ def _table_rows(records: Iterable[TrialRecord]) -> list[list[str]]:
                 "" if math.isnan(macro_f1) else f"{macro_f1:.4f}",
                 "" if record.epochs is None else str(record.epochs),
                 "" if record.wall_seconds is None else f"{record.wall_seconds:.1f}",
+                record.method,
+                str(record.seed),
             ]
         )
     return rows
@@ -257,8 +374,17 @@ def matrix_text(matrix: AugmentationMatrix) -> str:
             elif math.isnan(value):
                 cells.append(f"{'.':>7}")
             else:
-                cells.append(f"{value * scale:7.1f}")
+                mark = " "
+                inside = i < size and j < size
+                if inside and matrix.within_best is not None and matrix.within_best[i, j]:
+                    mark = BEST_MARK
+                if inside and matrix.below_control is not None and matrix.below_control[i, j]:
+                    mark = BELOW_MARK
+                cells.append(f"{value * scale:6.1f}{mark}")
         lines.append(f"{name:>8} |" + "".join(cells))
+    controls = _control_line(matrix, scale)
+    if controls:
+        lines.append(f"{'':>8} | {controls}")
     return "\n".join(lines)
 
 
@@ -269,6 +395,7 @@ class ReportFiles:
     matrices: dict[str, AugmentationMatrix]
     files: list[Path]
     summary: str
+    cells: dict[str, Cell] = field(default_factory=dict)
 
 
 def write_report(
@@ -279,24 +406,34 @@ def write_report(
     panels: Sequence[str],
     metric: str = "test_top1",
     name: str = "aug_matrix",
+    note: str | None = None,
 ) -> ReportFiles:
-    """Write one heatmap PNG + CSV per panel (when there is a matrix) and the trials table."""
+    """Write per panel the heatmap PNG + CSV (when there is a matrix), the cells with their
+    intervals and controls (CSV), the curves (PNG), and the table of all trials; the
+    summary says in words what is beyond noise. ``note`` heads the summary (e.g. that a
+    smoke-scale preset's cells are a pipeline check, not results)."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    cells = gather_cells(records, metric)
     files: list[Path] = []
     matrices: dict[str, AugmentationMatrix] = {}
     parts: list[str] = []
-    if codes:
-        for panel in panels:
-            matrix = augmentation_matrix(records, codes, panel, metric)
+    for panel in panels:
+        if codes:
+            matrix = augmentation_matrix(records, codes, panel, metric, cells)
             matrices[panel] = matrix
             files.append(write_matrix_csv(matrix, out_dir / f"{name}_{panel}.csv"))
             files.append(write_heatmap_png(matrix, out_dir / f"{name}_{panel}.png"))
             parts.append(matrix_text(matrix))
-            best = matrix.best
-            if best is not None:
-                first, second, value = best
-                pipeline = first if first == second else f"{first} > {second}"
-                parts.append(f"best {panel}: {pipeline} {metric}={value:.4f}")
+        curves = write_curves_png(records, panel, metric, out_dir / f"curves_{panel}.png")
+        if curves is not None:
+            files.append(curves)
+        parts.append(describe_panel(cells, panel, metric))
+    files.append(write_cells_csv(cells, panels, out_dir / f"{name}_cells.csv"))
+    if codes:
+        parts.append(
+            f"marks: {BEST_MARK} within noise of the best cell, {BELOW_MARK} below the "
+            f"untrained control beyond noise"
+        )
     markdown = trials_markdown(records)
     (out_dir / "trials.md").write_text(markdown)
     files.append(out_dir / "trials.md")
@@ -306,10 +443,12 @@ def write_report(
         counts[record.status] = counts.get(record.status, 0) + 1
     tally = ", ".join(f"{count} {status.lower()}" for status, count in sorted(counts.items()))
     parts.insert(0, f"{len(records)} trials: {tally}")
+    if note:
+        parts.insert(0, note)
     failed = [record for record in records if record.status == FAILED]
     for record in failed:
         parts.append(f"failed {record.trial_id}: {record.error or 'see the Tune trial log'}")
-    return ReportFiles(matrices=matrices, files=files, summary="\n\n".join(parts))
+    return ReportFiles(matrices=matrices, files=files, summary="\n\n".join(parts), cells=cells)
 
 
 def log_report_to_run(tracking_uri: str, run_id: str, files: Iterable[Path]) -> None:

@@ -566,8 +566,9 @@ class TrialRun:
     def log_evaluation(
         self, result: EvaluationResult, artifact_dir: str = EVALUATION_FOLDER
     ) -> None:
-        """Confusion matrix (PNG and CSV with class names), per-class report (text) and the
-        scores as JSON, under ``evaluation/<split>_*``; a later call overwrites."""
+        """Confusion matrix (PNG and CSV with class names), per-class report (text), the
+        scores as JSON and the per-clip predictions (CSV, when kept), under
+        ``evaluation/<split>_*``; a later call overwrites."""
         prefix = f"{artifact_dir}/{result.split}"
         figure = confusion_figure(result)
         self.client.log_figure(self.run_id, figure, f"{prefix}_confusion.png")
@@ -583,6 +584,8 @@ class TrialRun:
         self.client.log_text(
             self.run_id, json.dumps(scores, indent=2, allow_nan=True), f"{prefix}_scores.json"
         )
+        if result.rows is not None:
+            self.client.log_text(self.run_id, result.predictions_csv(), f"{prefix}_predictions.csv")
 
     def log_config(self, cfg: ExperimentConfig) -> None:
         """The resolved config as ``config.yaml`` (loadable with ``ExperimentConfig.from_dict``)."""

@@ -43,6 +43,7 @@ from core.methods import build_method
 from core.models import build_encoder
 from core.models.norm import convert_for_distributed
 from core.optim import build_optimizer, build_scheduler
+from core.stats import CORRECT_KEY, encode_correct
 
 if TYPE_CHECKING:
     from core.tracking import RunIdentity
@@ -62,7 +63,7 @@ class TrialContext(Protocol):
     world_size: int
     device: torch.device
 
-    def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None: ...
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None: ...
 
     def latest_checkpoint_dir(self) -> Path | None: ...
 
@@ -182,13 +183,65 @@ def _epoch_seed(seed: int, epoch: int, rank: int, stream: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, rank, stream]).generate_state(1)[0])
 
 
+def _dealt(pool: np.ndarray, steps: int, size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """``steps`` hands of ``size`` distinct items of ``pool``, dealt from shuffled decks: a
+    pool smaller than ``steps * size`` is reshuffled when it runs out, and a hand never
+    holds an item twice (a clip twice in a batch would be its own false negative)."""
+    deck = list(rng.permutation(pool))
+    hands = []
+    for _ in range(steps):
+        hand, deck = deck[:size], deck[size:]
+        if len(hand) < size:
+            fresh = [item for item in rng.permutation(pool) if item not in set(hand)]
+            need = size - len(hand)
+            hand, deck = hand + fresh[:need], fresh[need:]
+        hands.append(np.asarray(hand, dtype=np.int64))
+    return hands
+
+
+def _labelled_first_order(
+    labelled: np.ndarray, per_batch: int, global_batch: int, rng: np.random.Generator
+) -> np.ndarray:
+    """A global order in which every batch holds ``per_batch`` labelled clips.
+
+    The labelled clips are dealt from shuffled decks (at 1 % of FSDD there are 27, so
+    they repeat within an epoch); the rest of each batch comes from the unlabelled clips.
+    The epoch keeps its number of steps.
+    """
+    steps = len(labelled) // global_batch
+    # More than the labelled pool would repeat a clip inside a batch.
+    per_batch = min(per_batch, global_batch, int(labelled.sum()))
+    with_label = _dealt(np.flatnonzero(labelled), steps, per_batch, rng)
+    without = _dealt(np.flatnonzero(~labelled), steps, global_batch - per_batch, rng)
+    batches = [
+        rng.permutation(np.concatenate(pair)) for pair in zip(with_label, without, strict=True)
+    ]
+    return np.concatenate(batches) if batches else np.zeros(0, dtype=np.int64)
+
+
 def epoch_batches(
-    train_indices: np.ndarray, local_batch: int, epoch: int, seed: int, rank: int, world_size: int
+    train_indices: np.ndarray,
+    local_batch: int,
+    epoch: int,
+    seed: int,
+    rank: int,
+    world_size: int,
+    labelled: np.ndarray | None = None,
+    labelled_per_batch: int | None = None,
 ) -> Iterator[np.ndarray]:
     """This rank's batches of one epoch: a seeded global shuffle, sharded like
-    ``DistributedSampler`` (drop_last), each batch sorted for sequential memmap reads."""
-    order = np.random.default_rng(_epoch_seed(seed, epoch, 0, 0)).permutation(len(train_indices))
+    ``DistributedSampler`` (drop_last), each batch sorted for sequential memmap reads.
+
+    With ``labelled_per_batch`` (and a ``labelled`` mask over the training clips), each
+    global batch holds that many labelled clips (CLAR names stratified batches as the
+    remedy for a label fraction too small to put labels in every random batch).
+    """
+    rng = np.random.default_rng(_epoch_seed(seed, epoch, 0, 0))
     global_batch = local_batch * world_size
+    if labelled_per_batch and labelled is not None and labelled.any() and not labelled.all():
+        order = _labelled_first_order(labelled, labelled_per_batch, global_batch, rng)
+    else:
+        order = rng.permutation(len(train_indices))
     steps = len(order) // global_batch
     for step in range(steps):
         chunk = order[step * global_batch : (step + 1) * global_batch]
@@ -396,8 +449,10 @@ def run_loop(
         if start_epoch == 0:
             tracker.log_config(cfg)
     final: dict[str, float] = {}
+    # The untrained control trains nothing: one epoch measures its batch-norm statistics.
+    epochs = cfg.train.epochs if type(cfg.method).trains else 1
     try:
-        for epoch in range(start_epoch, cfg.train.epochs):
+        for epoch in range(start_epoch, epochs):
             metrics = _train_epoch(
                 cfg,
                 model,
@@ -414,7 +469,7 @@ def run_loop(
                 local_batch,
                 context,
             )
-            last = epoch == cfg.train.epochs - 1
+            last = epoch == epochs - 1
             evaluation: dict[str, EvaluationResult] = {}
             watched = None
             if (epoch + 1) % cfg.train.eval_every == 0 or last:
@@ -455,7 +510,13 @@ def run_loop(
                     tracker.log_evaluation(
                         evaluation.get("test") or next(iter(evaluation.values()))
                     )
-            context.report(metrics, checkpoint_dir)
+            reported = dict(metrics)
+            test_result = evaluation.get("test")
+            if test_result is not None and test_result.correct is not None:
+                # Per-clip correctness for intervals over test clips and McNemar's test in
+                # the sweep report (text, not a metric: MLflow gets the predictions CSV).
+                reported[CORRECT_KEY] = encode_correct(test_result.correct)
+            context.report(reported, checkpoint_dir)
             if checkpoint_dir is not None:
                 shutil.rmtree(checkpoint_dir, ignore_errors=True)
             final = metrics
@@ -500,9 +561,17 @@ def _train_epoch(
     data_seconds = augment_seconds = 0.0
     started = time.perf_counter()
     steps = 0
-    for step, (cache_rows, positions) in enumerate(
-        epoch_batches(data.split.train, local_batch, epoch, cfg.train.seed, rank, world)
-    ):
+    batches = epoch_batches(
+        data.split.train,
+        local_batch,
+        epoch,
+        cfg.train.seed,
+        rank,
+        world,
+        labelled=data.split.train_labels >= 0,
+        labelled_per_batch=cfg.train.labelled_per_batch,
+    )
+    for step, (cache_rows, positions) in enumerate(batches):
         if step >= steps_per_epoch:
             break
         tick = time.perf_counter()
@@ -517,6 +586,10 @@ def _train_epoch(
                 for _ in range(2)
             ]
         augment_seconds += time.perf_counter() - tick
+        if not type(cfg.method).trains:
+            method.calibrate(views[0])  # the control: batch-norm statistics only
+            steps += 1
+            continue
 
         autocast = (
             torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()

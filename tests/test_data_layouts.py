@@ -91,7 +91,9 @@ def test_speech_commands_10_keeps_the_digits_labelled_by_value(
 def test_max_clips_subsamples_deterministically(speech_commands_root: Path, tmp_path: Path) -> None:
     cfg = config("speech_commands", speech_commands_root, tmp_path, max_clips=5)
     first, second = open_cache(cfg, progress=False), open_cache(cfg, progress=False)
-    assert len(first) == 5 and first.files == second.files and first.path == second.path
+    # 5 clips of the training/validation pool, plus the whole test split (2 clips).
+    assert len(first) == 7 and first.files == second.files and first.path == second.path
+    assert (first.split == "test").sum() == 2 and (first.split != "test").sum() == 5
 
 
 def test_concurrent_opens_build_once(speech_commands_root: Path, tmp_path: Path) -> None:

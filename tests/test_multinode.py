@@ -124,6 +124,7 @@ def test_a_trial_on_another_node_logs_to_the_drivers_server(
             axis_values={"augment.pipeline": ["FD"], "frontend.name": ["stft3"]},
             address=cluster.address,
             worker_resources={"second_node": 1},
+            controls=False,
             tracking_uri=f"http://localhost:{port}",
             results_dir=tmp_path / "results",
             command_line="pytest multinode",

@@ -56,7 +56,16 @@ def test_full_matrix_dry_run_lists_72_trials(capsys: pytest.CaptureFixture[str])
     out = capsys.readouterr().out
     rows = [line.split() for line in out.splitlines() if line[:3].strip().isdigit()]
     rows = [row for row in rows if len(row) == 14]  # the table, not the summary lines
-    assert len(rows) == 72
+    assert len(rows) == 76
+    # After the 72 cells, per front end the untrained-encoder control and the supervised
+    # reference, with the same encoder and budget.
+    controls, rows = rows[72:], rows[:72]
+    assert [(row[1], row[4], row[5]) for row in controls] == [
+        ("raw1d-untrained", "resnet18_1d", "untrained"),
+        ("raw1d-supervised", "resnet18_1d", "supervised"),
+        ("stft3-untrained", "resnet18", "untrained"),
+        ("stft3-supervised", "resnet18", "supervised"),
+    ]
     ids = [row[1] for row in rows]
     assert len(set(ids)) == 72
     # Row-major per front end: raw1d first (as declared), first augmentation = row.
@@ -69,9 +78,16 @@ def test_full_matrix_dry_run_lists_72_trials(capsys: pytest.CaptureFixture[str])
     assert {row[4] for row in rows if row[3] == "stft3"} == {"resnet18"}
     assert {row[5] for row in rows} == {"simclr"}
     assert {row[6] for row in rows} == {"0.5"}  # SimCLR's published temperature
-    # FSDD's official split, scanned from the folder: train/val/test clips of 300.
-    assert {row[9] for row in rows} == {"269/0/31"}
-    assert "72 trials" in out and "in-process loop" in out
+    # FSDD's official split, scanned from the folder: 300 training clips (max_clips), and
+    # the whole official test split, which max_clips never subsamples.
+    assert {row[9] for row in rows} == {"300/0/300"}
+    assert "76 trials" in out and "in-process loop" in out
+    # --no-controls leaves the 72 cells; --seeds 2 doubles everything.
+    assert main(["--dry-run", "--no-controls"]) == EXIT_OK
+    assert "72 trials" in capsys.readouterr().out
+    assert main(["--dry-run", "--seeds", "2"]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "152 trials" in out and "stft3-FD-TM-seed1" in out
 
 
 def test_expansion_pairs_and_configs() -> None:
@@ -210,7 +226,7 @@ def test_broken_yaml_and_bad_keys_name_file_and_key(tmp_path: Path) -> None:
         "axes:\n  frontend.name:\n    values: [stft3]\n    with: {mel: {model.width: 8}}\n": (
             r"with.mel: not one of the axis values; valid: stft3"
         ),
-        "presets:\n  fast: {}\n": r"presets.fast: unknown preset; valid: paper, quick",
+        "presets:\n  fast: {}\n": r"presets.fast: unknown preset; valid: laptop, paper, quick",
     }
     for number, (text, pattern) in enumerate(cases.items()):
         path = _write(tmp_path, text, f"case{number}.yaml")
@@ -273,7 +289,7 @@ def test_paper_preset_plans_gpu_workers(capsys: pytest.CaptureFixture[str]) -> N
     argv = ["--dry-run", "--preset", "paper", "--num-cpus", "2", "--set", "data.download=true"]
     assert main(argv) == EXIT_OK
     out = capsys.readouterr().out
-    assert "72 trials" in out and "not runnable on this machine" in out
+    assert "76 trials" in out and "not runnable on this machine" in out
 
 
 def test_show_config_prints_every_resolved_config(capsys: pytest.CaptureFixture[str]) -> None:
@@ -292,7 +308,7 @@ def test_show_config_prints_every_resolved_config(capsys: pytest.CaptureFixture[
     )
     out = capsys.readouterr().out
     blocks = out.split("# --- trial ")[1:]
-    assert len(blocks) == 72
+    assert len(blocks) == 76
     first = yaml.safe_load(blocks[0].split("\n", 1)[1].split("\n\n", 1)[0])
     assert first["method"] == {
         "name": "moco",

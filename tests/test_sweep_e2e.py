@@ -69,6 +69,7 @@ def finished_sweep(
         preset="quick",
         overrides=_tiny(fsdd_root, cache_dir),
         axis_values={"augment.pipeline": ["PS", "FD"]},
+        controls=False,
         results_dir=results,
         command_line="pytest e2e",
     )
@@ -180,6 +181,7 @@ def test_interrupt_resume_and_failed_cell(
         overrides=_tiny(fsdd_root, cache_dir),
         axis_values={"augment.pipeline": ["PS", "FD"], "frontend.name": ["stft3"]},
         trial_overrides={"stft3-FD-PS": {"model.pretrained": str(misfit)}},
+        controls=False,
         max_concurrent=1,
         results_dir=results,
         run_name="r1",
@@ -249,6 +251,7 @@ def test_a_two_worker_trial_runs_through_a_torch_trainer(
         overrides=_tiny(fsdd_root, cache_dir),
         axis_values={"augment.pipeline": ["FD"], "frontend.name": ["stft3"]},
         workers_per_trial=2,
+        controls=False,
         results_dir=tmp_path / "results",
         command_line="pytest e2e torch trainer",
     )
@@ -260,3 +263,69 @@ def test_a_two_worker_trial_runs_through_a_torch_trainer(
     assert child.info.status == "FINISHED"
     assert child.data.params["train.num_workers"] == "2"
     assert {"loss", "test_top1", "test_macro_f1"} <= set(child.data.metrics)
+
+
+def test_seeds_controls_and_intervals_reach_the_parent_report(
+    ray_cluster, fsdd_root: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    """A 2x2 sub-matrix at 2 seeds with its controls: every cell's mean and interval in
+    the parent's CSV equal what its children logged, and the heatmap marks agree."""
+    from core.stats import t_interval
+
+    request = SweepRequest(
+        preset="quick",
+        overrides=_tiny(fsdd_root, cache_dir),
+        axis_values={"augment.pipeline": ["FD", "TM"], "frontend.name": ["stft3"]},
+        seeds=2,
+        results_dir=tmp_path / "results",
+        command_line="pytest e2e seeds",
+    )
+    outcome = run_sweep(request)
+    assert outcome.complete and not outcome.failed
+    roles = [trial.role for trial in outcome.trials]
+    assert roles.count("cell") == 8 and roles.count("untrained") == 2
+    assert roles.count("supervised") == 2
+
+    children = find_trial_runs(outcome.tracking_uri, outcome.parent_run_id)
+    assert len(children) == 12 and {run.info.status for run in children} == {"FINISHED"}
+    client = tracking_client(outcome.tracking_uri)
+    logged: dict[str, dict[int, float]] = {}
+    for run in children:
+        trial_id = run.data.tags["clarlab.trial_id"]
+        cell_id, _, seed = trial_id.rpartition("-seed")
+        logged.setdefault(cell_id, {})[int(seed)] = run.data.metrics["test_top1"]
+    # The test split is FSDD's whole official one: 300 clips, never subsampled.
+    sample = children[0].info.run_id
+    predictions = Path(client.download_artifacts(sample, "evaluation", str(tmp_path / "p")))
+    assert len((predictions / "test_predictions.csv").read_text().splitlines()) == 301
+
+    folder = Path(client.download_artifacts(outcome.parent_run_id, "report", str(tmp_path)))
+    with (folder / "aug_matrix_cells.csv").open() as handle:
+        rows = {row["cell"]: row for row in csv.DictReader(handle)}
+    assert set(rows) == set(logged) == {
+        "stft3-FD-FD", "stft3-FD-TM", "stft3-TM-FD", "stft3-TM-TM",
+        "stft3-untrained", "stft3-supervised",
+    }  # fmt: skip
+    for cell_id, by_seed in logged.items():
+        expected = t_interval([by_seed[0], by_seed[1]])
+        row = rows[cell_id]
+        assert row["seeds"] == "2"
+        assert float(row["mean"]) == pytest.approx(expected.mean, abs=1e-5)
+        assert float(row["ci_low"]) == pytest.approx(expected.low, abs=1e-5)
+        assert float(row["ci_high"]) == pytest.approx(expected.high, abs=1e-5)
+    assert rows["stft3-untrained"]["role"] == "untrained"
+    assert rows["stft3-supervised"]["role"] == "supervised"
+
+    matrix = outcome.report.matrices["stft3"]
+    for i, first in enumerate(matrix.codes):
+        for j, second in enumerate(matrix.codes):
+            row = rows[f"stft3-{first}-{second}"]
+            assert matrix.within_best[i, j] == (row["within_noise_of_best"] == "True")
+            assert matrix.below_control[i, j] == (row["vs_untrained_control"] == "below")
+            assert matrix.values[i, j] == pytest.approx(float(row["mean"]), abs=1e-5)
+    assert {p.name for p in folder.iterdir()} >= {"aug_matrix_stft3.png", "curves_stft3.png"}
+    summary = outcome.summary
+    assert "stft3: untrained-encoder control test_top1" in summary
+    assert "cells are within noise of it (2 seeds, paired t test, 95 %)" in summary
+    assert "against the untrained control" in summary
+    assert "quick preset: a pipeline check, not results" in summary

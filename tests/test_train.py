@@ -200,7 +200,7 @@ def test_bad_batch_size_fails_before_training(fsdd_root, cache_dir, mlflow_store
     cfg, who = small_config(
         fsdd_root, cache_dir, mlflow_store, tmp_path.name, train={"batch_size": 4096}
     )
-    with pytest.raises(ValueError, match=r"train.batch_size=4096 .* \(5\d\d clips"):
+    with pytest.raises(ValueError, match=r"train.batch_size=4096 .* \(600 clips"):
         run_loop(cfg, CallbackContext(), who)
 
 
@@ -258,3 +258,77 @@ def test_early_stopping_ends_the_trial_in_the_loop(fsdd_root, cache_dir, mlflow_
     assert [m["early_stopped"] for m in reports.metrics] == [0.0, 1.0]
     (run,) = runs_of(who)
     assert run.info.status == "FINISHED"
+
+
+def test_labelled_per_batch_puts_labelled_clips_in_every_batch():
+    from core.train import epoch_batches
+
+    train = np.arange(1000, 1300)
+    labelled = np.zeros(300, dtype=bool)
+    labelled[[5, 50, 100]] = True  # 1 % of 300 clips
+    random = list(
+        epoch_batches(train, 64, epoch=0, seed=3, rank=0, world_size=1, labelled=labelled)
+    )
+    stratified = list(
+        epoch_batches(
+            train,
+            64,
+            epoch=0,
+            seed=3,
+            rank=0,
+            world_size=1,
+            labelled=labelled,
+            labelled_per_batch=2,
+        )
+    )
+    assert len(stratified) == len(random) == 4  # the epoch keeps its steps
+    assert [int(labelled[positions].sum()) for _, positions in stratified] == [2, 2, 2, 2]
+    assert sum(int(labelled[positions].sum()) == 0 for _, positions in random) >= 1
+    for rows, positions in stratified:
+        assert len(set(positions)) == 64 and np.array_equal(train[positions], rows)
+    # Split over two workers, the global batch still holds the labelled clips.
+    shards = [
+        list(epoch_batches(train, 32, 0, 3, r, 2, labelled=labelled, labelled_per_batch=2))
+        for r in (0, 1)
+    ]
+    for step in range(4):
+        both = np.concatenate([shards[0][step][1], shards[1][step][1]])
+        assert int(labelled[both].sum()) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("calibrate", [False, True])
+def test_untrained_control_keeps_its_weights(
+    calibrate, fsdd_root, cache_dir, mlflow_store, tmp_path
+):
+    import torch
+
+    from core.features import build_frontend
+    from core.methods import build_method
+    from core.models import build_encoder
+
+    cfg, who = small_config(
+        fsdd_root,
+        cache_dir,
+        mlflow_store,
+        tmp_path.name,
+        method={"name": "untrained", "calibrate_batch_norm": calibrate},
+        augment={"pipeline": []},
+        train={"epochs": 5, "eval_every": 5},
+    )
+    reports = KeepCheckpoints(tmp_path / "ckpt")
+    final = run_loop(cfg, CallbackContext(reports), who)
+    assert [int(m["epoch"]) for m in reports.metrics] == [0], "one epoch, whatever train.epochs"
+    assert reports.metrics[0]["steps"] == 4.0 and "loss" not in reports.metrics[0]
+    assert 0.0 <= final["test_top1"] <= 1.0
+    state = torch.load(tmp_path / "ckpt" / "epoch0" / "state.pt", weights_only=True)["model"]
+    torch.manual_seed(cfg.train.seed)  # the same initialisation, built again
+    encoder = build_encoder(cfg.model, in_channels=build_frontend(cfg.frontend, 8000).out_channels)
+    fresh = build_method(cfg, encoder, 10).state_dict()
+    weights = [k for k in fresh if k.endswith(("weight", "bias"))]
+    assert weights and all(torch.equal(state[k], fresh[k]) for k in weights), "never trained"
+    running = [k for k in fresh if k.endswith("running_var")]
+    measured = not all(torch.equal(state[k], fresh[k]) for k in running)
+    assert measured == calibrate, "batch-norm statistics move only when calibrated"
+    (run,) = runs_of(who)
+    assert run.info.status == "FINISHED" and run.data.params["method.name"] == "untrained"

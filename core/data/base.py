@@ -82,13 +82,19 @@ class Listing:
         )
 
 
-def subsample(listing: Listing, max_clips: int | None) -> Listing:
-    """``max_clips`` clips of ``listing``, chosen by a fixed seed (the same on every node
-    and in every trial, so trials of one sweep share one cache), in listing order."""
-    if max_clips is None or max_clips >= len(listing.files):
+def subsample(
+    listing: Listing, max_clips: int | None, keep_whole: np.ndarray | None = None
+) -> Listing:
+    """``max_clips`` clips of ``listing`` besides the ``keep_whole`` ones (the test split,
+    which is never subsampled), chosen by a fixed seed (the same on every node and in
+    every trial, so trials of one sweep share one cache), in listing order."""
+    count = len(listing.files)
+    whole = np.zeros(count, dtype=bool) if keep_whole is None else np.asarray(keep_whole, bool)
+    pool = np.flatnonzero(~whole)
+    if max_clips is None or max_clips >= len(pool):
         return listing
-    keep = np.sort(np.random.default_rng(0).permutation(len(listing.files))[:max_clips])
-    return listing.subset(keep)
+    chosen = pool[np.random.default_rng(0).permutation(len(pool))[:max_clips]]
+    return listing.subset(np.sort(np.concatenate([chosen, np.flatnonzero(whole)])))
 
 
 Scanner = Callable[[Path, str | None], Listing]

@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from core.data import cache_home, dataset_root, get_spec
 from core.data._decode import STORAGE_SCALE, decode_rows
 from core.data.base import DatasetError, DatasetSpec, Listing, file_lock, subsample
+from core.data.splits import test_clip_mask
 
 if TYPE_CHECKING:
     from core.config import DataConfig
@@ -65,6 +66,8 @@ class CacheRequest:
     dtype: str
     max_clips: int | None
     strict: bool
+    # The test split max_clips must leave whole: (split_scheme, test fold).
+    test_split: tuple[str, int | None] = ("official", None)
 
 
 class AudioCache:
@@ -225,12 +228,16 @@ def resolve(cfg: DataConfig, progress: bool = True) -> CacheRequest:
         dtype=cfg.cache_dtype,
         max_clips=cfg.max_clips,
         strict=cfg.strict,
+        test_split=(cfg.split_scheme, cfg.fold),
     )
 
 
 def scan(request: CacheRequest) -> Listing:
-    """The dataset's listing, subsampled deterministically when ``max_clips`` is set."""
-    return subsample(request.spec.scan(request.root, request.label_field), request.max_clips)
+    """The dataset's listing; with ``max_clips``, that many clips besides the test split."""
+    listing = request.spec.scan(request.root, request.label_field)
+    scheme, fold = request.test_split
+    whole = test_clip_mask(listing.split, listing.fold, scheme, fold)
+    return subsample(listing, request.max_clips, keep_whole=whole)
 
 
 def cache_key(request: CacheRequest, listing: Listing) -> str:

@@ -68,11 +68,28 @@ class SweepRequest:
     run_name: str | None = None
     resume: str | bool = False  # True: the latest sweep of this ablation; str: its run name
     retry_failed: bool = False  # with resume: also rerun failed trials from scratch
+    seeds: int | None = None  # replicates of every cell and control; None: the preset's
+    controls: bool = True  # add the untrained-encoder control and the supervised reference
     dry_run: bool = False
     show_config: bool = False  # with dry_run: print every trial's resolved config as YAML
+    throughput: float | None = None  # with dry_run: training clips/s per worker, for the cost
     report_only: str | bool = False  # like resume: which sweep to report on
     command_line: str = ""
     progress_every_s: float = 30.0
+
+
+# Seeds per cell when --seeds is not given: one for a smoke-scale check, three where the
+# budget is meant to show effects (a 95 % interval needs at least two).
+DEFAULT_SEEDS = {"quick": 1, "laptop": 3, "paper": 1}
+
+
+def seeds_for(request: SweepRequest) -> int:
+    """``--seeds``, else the preset's default."""
+    if request.seeds is not None:
+        if request.seeds < 1:
+            raise SearchSpaceError(f"--seeds must be >= 1, got {request.seeds}")
+        return request.seeds
+    return DEFAULT_SEEDS.get(request.preset or "", 1)
 
 
 def prepare_trials(request: SweepRequest) -> tuple[SearchSpace, list[Trial], Resources]:
@@ -96,6 +113,8 @@ def prepare_trials(request: SweepRequest) -> tuple[SearchSpace, list[Trial], Res
         preset=request.preset,
         overrides=overrides,
         trial_overrides=request.trial_overrides,
+        seeds=seeds_for(request),
+        controls=request.controls,
     )
     first = trials[0].config.train
     gpus = request.gpus_per_worker
@@ -155,6 +174,8 @@ def run_sweep(request: SweepRequest, stream: TextIO | None = None) -> SweepOutco
             "clarlab.command_line": (request.command_line or " ".join(sys.argv))[:5000],
             "clarlab.search_space": str(space.source),
             "clarlab.sweep_run_name": run_name,
+            "clarlab.seeds": str(seeds_for(request)),
+            "clarlab.results_kind": "pipeline check" if request.preset == "quick" else "results",
         },
         run_name=run_name,
     )
@@ -171,6 +192,7 @@ def run_sweep(request: SweepRequest, stream: TextIO | None = None) -> SweepOutco
         matrix_codes=list(space.matrix_axis.values) if space.matrix_axis else None,
         panels=list(dict.fromkeys(trial.panel for trial in trials)),
         resources=resources,
+        seeds=seeds_for(request),
         max_failures=request.max_failures,
         command_line=request.command_line or " ".join(sys.argv),
         trials=trials,

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 _COLUMNS = (
     ("#", 3, ">"),
-    ("trial", 20, "<"),
+    ("trial", 26, "<"),
     ("augment", 10, "<"),
     ("front end", 9, "<"),
     ("encoder", 12, "<"),
@@ -78,6 +78,60 @@ def trial_table(
     return "\n".join(lines)
 
 
+# Training clips per second per worker (both views of each clip through the encoder), by
+# device and encoder kind. CPU: one core of a 2-core laptop, ResNet18 width 16 on FSDD at
+# 8 kHz, batch 64 (bench/fidelity.py: 10.1 s per 2,688-clip epoch for stft3; raw1d is about
+# 8x slower in bench/train.py). Wider encoders and longer clips are slower.
+# GPU: not measured on this project's machines (bench/gpu.py measures yours); 1,000 is a
+# placeholder of the right order for a width-64 ResNet18 with AMP, shown as an assumption.
+MEASURED_CLIPS_PER_S = {("cpu", "2d"): 266.0, ("cpu", "1d"): 33.0}
+ASSUMED_GPU_CLIPS_PER_S = 1000.0
+
+
+def cost_estimate(
+    trials: Sequence[Trial],
+    split_sizes: Mapping[str, SplitSizes],
+    resources: Resources,
+    clips_per_s: float | None = None,
+) -> str:
+    """Device-hours of the whole sweep: epochs x training clips (capped by
+    max_steps_per_epoch) / throughput, times the devices each trial holds."""
+    on_gpu = resources.gpus_per_worker > 0
+    seconds, unknown = 0.0, 0
+    for trial in trials:
+        cfg, sizes = trial.config, split_sizes.get(trial.trial_id)
+        if sizes is None or not sizes.scanned:
+            unknown += 1
+            continue
+        if not type(cfg.method).trains:
+            continue  # a control: one pass of evaluation, no training
+        steps = sizes.train // cfg.train.batch_size
+        if cfg.train.max_steps_per_epoch:
+            steps = min(steps, cfg.train.max_steps_per_epoch)
+        kind = "2d" if cfg.frontend.is_2d else "1d"
+        rate = clips_per_s or (
+            ASSUMED_GPU_CLIPS_PER_S if on_gpu else MEASURED_CLIPS_PER_S[("cpu", kind)]
+        )
+        seconds += cfg.train.epochs * steps * cfg.train.batch_size / (rate * cfg.train.num_workers)
+    devices = resources.workers_per_trial * (
+        resources.gpus_per_worker if on_gpu else resources.cpus_per_worker
+    )
+    hours = seconds / 3600 * devices
+    unit = "GPU-hours" if on_gpu else "CPU-core-hours"
+    if clips_per_s:
+        basis = f"at {clips_per_s:g} clips/s per worker (given)"
+    elif on_gpu:
+        basis = f"at an assumed {ASSUMED_GPU_CLIPS_PER_S:g} clips/s per GPU (not measured here: run bench/gpu.py on your GPU and pass --throughput)"
+    else:
+        basis = "at the clips/s measured for width 16 at 8 kHz on one laptop core"
+    if unknown == len(trials):
+        return f"estimated training cost: unknown ({unit}): no trial's dataset could be scanned"
+    text = f"estimated training cost: {hours:,.1f} {unit} {basis}; evaluation not included"
+    if unknown:
+        text += f"; {unknown} trial(s) without a scanned dataset are not counted"
+    return text
+
+
 def print_dry_run(
     request: SweepRequest,
     space: SearchSpace,
@@ -95,6 +149,7 @@ def print_dry_run(
     print(trial_table(trials, split_sizes, resources), file=stream)
     print(f"\n{len(trials)} trials from {space.source} (preset {request.preset})", file=stream)
     print("train/val/test: clips per split, from the dataset's listing", file=stream)
+    print(cost_estimate(trials, split_sizes, resources, request.throughput), file=stream)
     try:
         resources = replan(resources, None if request.address else here)
         print(f"resources: {resources.describe()}", file=stream)

@@ -16,7 +16,7 @@ import numpy as np
 from core.config import ConfigError, DataConfig
 from core.data import DatasetError, DatasetNotFoundError, dataset_root, get_spec
 from core.data.base import Listing, subsample
-from core.data.splits import make_split
+from core.data.splits import make_split, test_clip_mask
 from core.sweep.space import Trial
 
 
@@ -60,7 +60,9 @@ def _listing(data: DataConfig) -> Listing | None:
         if data.download:
             return None
         raise
-    return subsample(spec.scan(root, spec.label_field(data.label_field)), data.max_clips)
+    listing = spec.scan(root, spec.label_field(data.label_field))
+    whole = test_clip_mask(listing.split, listing.fold, data.split_scheme, data.fold)
+    return subsample(listing, data.max_clips, keep_whole=whole)
 
 
 def check_trials(trials: Sequence[Trial]) -> dict[str, SplitSizes]:

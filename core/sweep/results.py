@@ -13,6 +13,7 @@ from typing import Any, TextIO
 from ray import tune
 
 from core.report import FAILED, FINISHED, ReportFiles, TrialRecord, log_report_to_run, write_report
+from core.stats import CORRECT_KEY, decode_correct
 from core.sweep.resources import Resources
 from core.sweep.space import Trial
 from core.sweep.state import SweepState
@@ -74,6 +75,11 @@ def collect_records(experiment_path: str, trials: Sequence[Trial]) -> list[Trial
             pipeline=list(cfg.augment.pipeline),
             frontend=cfg.frontend.name,
             encoder=cfg.model.encoder,
+            method=cfg.method.name,
+            role=trial.role,
+            cell_id=trial.cell_id,
+            seed=cfg.train.seed,
+            controls=dict(trial.controls),
         )
         if trial.trial_id in found:
             tune_trial, frame = found[trial.trial_id]
@@ -84,6 +90,9 @@ def collect_records(experiment_path: str, trials: Sequence[Trial]) -> list[Trial
                 for name in _REPORTED_METRICS:
                     if name in frame.columns and frame[name].notna().any():
                         record.metrics[name] = float(frame[name].dropna().iloc[-1])
+                record.history = _history(frame)
+                if CORRECT_KEY in frame.columns and frame[CORRECT_KEY].notna().any():
+                    record.correct = decode_correct(str(frame[CORRECT_KEY].dropna().iloc[-1]))
             if "epoch" in record.metrics:
                 record.epochs = int(record.metrics["epoch"]) + 1
             record.wall_seconds = (tune_trial.last_result or {}).get("time_total_s")
@@ -91,6 +100,35 @@ def collect_records(experiment_path: str, trials: Sequence[Trial]) -> list[Trial
                 record.error = _error_summary(tune_trial.error_file)
         records.append(record)
     return records
+
+
+_CURVE_METRICS = ("loss", "test_top1", "val_top1")
+
+# What a preset's numbers are, said at the top of its summary and on its parent run.
+PRESET_NOTES = {
+    "quick": (
+        "quick preset: a pipeline check, not results. Its trials train for a few steps on "
+        "300 clips, so their scores say that every stage runs, not which augmentations "
+        "help; compare them with the untrained control below. For results use "
+        "--preset laptop (a budget measured to show effects, 3 seeds)."
+    ),
+}
+
+
+def _history(frame: Any) -> dict[str, list[tuple[int, float]]]:
+    """Per-epoch values of the curve metrics: (epoch, value) where reported. A restored
+    trial reports its epochs again from its checkpoint; the last report of an epoch wins."""
+    history: dict[str, list[tuple[int, float]]] = {}
+    if "epoch" not in frame.columns:
+        return history
+    for name in _CURVE_METRICS:
+        if name not in frame.columns:
+            continue
+        rows = frame[["epoch", name]].dropna()
+        by_epoch = {int(epoch): float(value) for epoch, value in rows.itertuples(index=False)}
+        if by_epoch:
+            history[name] = sorted(by_epoch.items())
+    return history
 
 
 # "ValueError: ...", "ray.exceptions.RayTaskError(ValueError): ..." at the start of a line.
@@ -136,6 +174,7 @@ def finish_sweep(
         panels=state.panels,
         metric=state.metric,
         name=state.ablation,
+        note=PRESET_NOTES.get(state.preset or ""),
     )
     uri, parent = state.tracking_uri, state.parent_run_id
     log_report_to_run(uri, parent, report.files)
@@ -146,6 +185,9 @@ def finish_sweep(
             client.log_metric(parent, f"{state.metric}_mean_{panel}", float(corner))
         if matrix.best is not None:
             client.log_metric(parent, f"{state.metric}_best_{panel}", matrix.best[2])
+    for cell in report.cells.values():
+        if cell.role != "cell" and cell.scores.by_seed:  # the controls, by name
+            client.log_metric(parent, f"{state.metric}_{cell.cell_id}", cell.interval.mean)
     outcome = SweepOutcome(
         run_name=state.run_name,
         run_dir=run_dir,

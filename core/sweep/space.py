@@ -31,6 +31,7 @@ from core.dotted import flatten, get_dotted, nest
 from core.methods.configs import method_config_class
 
 _TOP_LEVEL_KEYS = ("ablation", "description", "metric", "base", "presets", "axes")
+CELL, UNTRAINED, SUPERVISED = "cell", "untrained", "supervised"
 
 
 class SearchSpaceError(ConfigError):
@@ -89,13 +90,26 @@ class SearchSpace:
 
 @dataclass(frozen=True)
 class Trial:
-    """One validated cell of the grid. ``trial_id`` is stable across restarts and resumes."""
+    """One validated trial: a grid cell, or a control, at one seed. ``trial_id`` is stable
+    across restarts and resumes."""
 
     trial_id: str
     panel: str  # labels of the non-matrix axes, e.g. "stft3"
     first: str | None  # matrix row (first augmentation)
     second: str | None  # matrix column (second augmentation)
     config: ExperimentConfig
+    role: str = CELL  # CELL, or the control it is: UNTRAINED | SUPERVISED
+    cell_id: str = ""  # the cell (or control) this trial replicates; trial_id w/o seed
+    # The controls this cell is compared with: role -> their cell_id.
+    controls: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.cell_id:
+            object.__setattr__(self, "cell_id", self.trial_id)
+
+    @property
+    def seed(self) -> int:
+        return self.config.train.seed
 
     @property
     def pipeline(self) -> list[str]:
@@ -303,13 +317,35 @@ def expand_trials(
     preset: str | None = None,
     overrides: Mapping[str, Any] | None = None,
     trial_overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    seeds: int = 1,
+    controls: bool = False,
 ) -> list[Trial]:
-    """Every grid cell as a validated :class:`Trial`, in grid order.
+    """Every grid cell as a validated :class:`Trial`, in grid order, then (``controls``)
+    the controls, each replicated over ``seeds`` seeds (:mod:`core.sweep.design`).
 
     ``overrides`` are dotted ``--set`` fields for every cell; ``trial_overrides`` maps a
-    trial id to dotted settings for that cell only (re-running one cell with another
-    seed, or injecting a fault in tests).
+    cell id to dotted settings for that cell only, at every seed (injecting a fault in
+    tests, or giving one cell another setting).
     """
+    cells = _expand_cells(space, preset, overrides, trial_overrides)
+    if not controls and seeds == 1:
+        return cells
+    from core.sweep.design import add_controls, replicate
+
+    if controls:
+        layers = [PRESETS[preset]] if preset is not None else []
+        layers += [space.base, space.presets.get(preset, {}) if preset else {}]
+        layers.append(nest({k: v for k, v in (overrides or {}).items()}))
+        cells = add_controls(space, cells, compose(layers))
+    return replicate(cells, seeds)
+
+
+def _expand_cells(
+    space: SearchSpace,
+    preset: str | None,
+    overrides: Mapping[str, Any] | None,
+    trial_overrides: Mapping[str, Mapping[str, Any]] | None,
+) -> list[Trial]:
     if preset is not None and preset not in PRESETS:
         raise SearchSpaceError(f"unknown preset {preset!r}; valid: {', '.join(sorted(PRESETS))}")
     overrides = dict(overrides or {})

@@ -25,7 +25,7 @@ from core.tracking import RunIdentity
 
 SWEEP_FILE = "sweep.json"
 TUNE_DIR_NAME = "tune"
-STATE_VERSION = 2
+STATE_VERSION = 3
 
 
 @dataclass
@@ -42,6 +42,7 @@ class SweepState:
     matrix_codes: list[str] | None
     panels: list[str]
     resources: Resources
+    seeds: int
     max_failures: int
     command_line: str
     trials: list[Trial]
@@ -71,6 +72,7 @@ class SweepState:
             "matrix_codes": self.matrix_codes,
             "panels": self.panels,
             "resources": asdict(self.resources),
+            "seeds": self.seeds,
             "max_failures": self.max_failures,
             "command_line": self.command_line,
             "trials": [
@@ -79,6 +81,9 @@ class SweepState:
                     "panel": trial.panel,
                     "first": trial.first,
                     "second": trial.second,
+                    "role": trial.role,
+                    "cell_id": trial.cell_id,
+                    "controls": dict(trial.controls),
                     "config": trial.config.model_dump(mode="json"),
                 }
                 for trial in self.trials
@@ -112,6 +117,9 @@ class SweepState:
                 item["first"],
                 item["second"],
                 ExperimentConfig.from_dict(item["config"], source=f"{path} ({item['trial_id']})"),
+                role=item["role"],
+                cell_id=item["cell_id"],
+                controls=item["controls"],
             )
             for item in raw["trials"]
         ]
@@ -126,6 +134,7 @@ class SweepState:
             matrix_codes=raw["matrix_codes"],
             panels=raw["panels"],
             resources=Resources(**raw["resources"]),
+            seeds=raw["seeds"],
             max_failures=raw["max_failures"],
             command_line=raw["command_line"],
             trials=trials,
