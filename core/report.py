@@ -273,9 +273,11 @@ def write_curves_png(
     for record in mine:
         by_cell.setdefault(record.cell_id, []).append(record)
     figure, (loss_axes, metric_axes) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for cell_id, members in by_cell.items():
+    colours = plt.get_cmap("tab20")
+    for number, (cell_id, members) in enumerate(by_cell.items()):
         control = members[0].role != "cell"
         style = {"linestyle": "--", "linewidth": 1.5} if control else {"linewidth": 1.0}
+        colour = "black" if members[0].role == "untrained" else colours(number % 20)
         for axes, name in ((loss_axes, "loss"), (metric_axes, metric)):
             series = [dict(r.history.get(name, [])) for r in members]
             epochs = sorted(set().union(*series))
@@ -283,14 +285,14 @@ def write_curves_png(
                 continue
             table = np.array([[s.get(e, np.nan) for e in epochs] for s in series])
             mean = np.nanmean(table, axis=0)
-            (line,) = axes.plot(
-                epochs, mean, label=cell_id, marker="." if len(epochs) < 3 else None, **style
-            )
+            if control and len(epochs) == 1:  # a control evaluated once: a level to beat
+                axes.axhline(mean[0], color=colour, label=cell_id, **style)
+                continue
+            marker = "." if len(epochs) < 3 else None
+            axes.plot(epochs, mean, label=cell_id, color=colour, marker=marker, **style)
             if table.shape[0] > 1:
-                axes.fill_between(
-                    epochs, np.nanmin(table, axis=0), np.nanmax(table, axis=0),
-                    color=line.get_color(), alpha=0.15,
-                )  # fmt: skip
+                low, high = np.nanmin(table, axis=0), np.nanmax(table, axis=0)
+                axes.fill_between(epochs, low, high, color=colour, alpha=0.15)
     loss_axes.set(xlabel="epoch", ylabel="training loss", title=f"{panel}: training loss")
     metric_axes.set(xlabel="epoch", ylabel=metric, title=f"{panel}: {metric} (frozen encoder)")
     if len(by_cell) <= 14:

@@ -59,9 +59,16 @@ def _probe(mode: str) -> dict[str, float]:
 
 
 def _spared(default: dict[str, float], tuned: dict[str, float]) -> bool:
-    """Whether the tuned process reused its pages where the untuned one faulted them in."""
+    """Whether the tuned process reused its pages where the untuned one faulted them in:
+    untuned, glibc serves the 50 MB buffer with mmap (and unmaps it on free), tuned it
+    serves everything from the heap; the tuned process then faults (almost) nothing and
+    does not grow, where the untuned one faults every page of the buffer in again."""
+    mechanism = default["mmapped"] is None or (
+        default["mmapped"] >= 50 * 2**20 and tuned["mmapped"] <= 0
+    )
     return (
-        default["faults"] >= _PAGES_PER_BATCH / 2
+        mechanism
+        and default["faults"] >= _PAGES_PER_BATCH / 2
         and tuned["faults"] * 20 < default["faults"]
         and tuned["growth_mb"] < 25
     )
@@ -69,17 +76,10 @@ def _spared(default: dict[str, float], tuned: dict[str, float]) -> bool:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="tunes glibc's malloc")
 def test_kept_pages_spare_each_batch_its_page_faults_without_growing():
-    # The mechanism, which load cannot move: untuned, glibc serves the 50 MB buffer with
-    # mmap (and unmaps it on free); tuned, it serves everything from the heap.
+    # A tuned and an untuned process measured in the same run, and measured again (up to
+    # three times) before failing, in case a busy machine disturbed one of the two.
     default, tuned = _probe("default"), _probe("tune")
     assert tuned["tuned"] is True, "keep_freed_pages should tune glibc's malloc here"
-    if default["mmapped"] is not None:
-        assert default["mmapped"] >= 50 * 2**20, default
-        assert tuned["mmapped"] <= 0, ("tuned, no buffer should be mmap'd", tuned)
-    # Its effect, compared with an untuned process measured in the same run: the tuned one
-    # reuses its heap pages (no page faults, no growth), the untuned one faults every page
-    # of the 50 MB buffer in again each batch. Measured again before failing, in case a
-    # busy machine reclaimed pages under one of the two.
     attempts = [(default, tuned)]
     while not _spared(*attempts[-1]) and len(attempts) < 3:
         attempts.append((_probe("default"), _probe("tune")))
