@@ -164,16 +164,20 @@ def describe_panel(cells: Mapping[str, Cell], panel: str, metric: str) -> str:
     tied = [c for c in scored if c.within_best]
     lines.append(
         f"{panel}: best cell {_name(best)} {best.interval.describe()}; {len(tied)} of "
-        f"{len(scored)} cells are within noise of it ({basis}, 95 %)"
+        f"{len(scored)} cells within noise of it ({basis}, 95 %)"
     )
     verdicts = [c.verdict for c in scored]
     if UNTRAINED in controls and any(verdicts):
+        above, below, within = (verdicts.count(v) for v in (ABOVE, BELOW, WITHIN))
         lines.append(
-            f"{panel}: against the untrained control, {verdicts.count(ABOVE)} cells are above "
-            f"it beyond noise, {verdicts.count(BELOW)} below it, {verdicts.count(WITHIN)} "
-            f"within noise of it"
+            f"{panel}: against the untrained control, {_cells(above)} above it beyond noise, "
+            f"{below} below it, {within} within noise of it"
         )
     return "\n".join(lines)
+
+
+def _cells(count: int) -> str:
+    return f"{count} cell is" if count == 1 else f"{count} cells are"
 
 
 def _name(cell: Cell) -> str:

@@ -326,6 +326,6 @@ def test_seeds_controls_and_intervals_reach_the_parent_report(
     assert {p.name for p in folder.iterdir()} >= {"aug_matrix_stft3.png", "curves_stft3.png"}
     summary = outcome.summary
     assert "stft3: untrained-encoder control test_top1" in summary
-    assert "cells are within noise of it (2 seeds, paired t test, 95 %)" in summary
+    assert "cells within noise of it (2 seeds, paired t test, 95 %)" in summary
     assert "against the untrained control" in summary
     assert "quick preset: a pipeline check, not results" in summary
