@@ -293,8 +293,10 @@ def write_curves_png(
             if table.shape[0] > 1:
                 low, high = np.nanmin(table, axis=0), np.nanmax(table, axis=0)
                 axes.fill_between(epochs, low, high, color=colour, alpha=0.15)
-    loss_axes.set(xlabel="epoch", ylabel="training loss", title=f"{panel}: training loss")
-    metric_axes.set(xlabel="epoch", ylabel=metric, title=f"{panel}: {metric} (frozen encoder)")
+    loss_axes.set(xlabel="epochs trained", ylabel="training loss", title=f"{panel}: training loss")
+    metric_axes.set(
+        xlabel="epochs trained", ylabel=metric, title=f"{panel}: {metric} (frozen encoder)"
+    )
     if len(by_cell) <= 14:
         metric_axes.legend(fontsize=7, loc="best")
     figure.tight_layout()

@@ -116,7 +116,7 @@ PRESET_NOTES = {
 
 
 def _history(frame: Any) -> dict[str, list[tuple[int, float]]]:
-    """Per-epoch values of the curve metrics: (epoch, value) where reported. A restored
+    """Per-epoch values of the curve metrics: (epochs trained, value) where reported. A restored
     trial reports its epochs again from its checkpoint; the last report of an epoch wins."""
     history: dict[str, list[tuple[int, float]]] = {}
     if "epoch" not in frame.columns:
@@ -125,7 +125,8 @@ def _history(frame: Any) -> dict[str, list[tuple[int, float]]]:
         if name not in frame.columns:
             continue
         rows = frame[["epoch", name]].dropna()
-        by_epoch = {int(epoch): float(value) for epoch, value in rows.itertuples(index=False)}
+        # Epochs trained (1-based): the evaluation after the 5th epoch is at 5.
+        by_epoch = {int(epoch) + 1: float(value) for epoch, value in rows.itertuples(index=False)}
         if by_epoch:
             history[name] = sorted(by_epoch.items())
     return history
