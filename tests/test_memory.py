@@ -49,6 +49,7 @@ print(json.dumps({"tuned": tuned, "faults": min(faults[4:]), "mmapped": mapped[-
 
 # A 50 MB buffer is 12,800 pages of 4 KB: untuned, glibc maps it afresh for every batch.
 _PAGES_PER_BATCH = 50 * 2**20 // 4096
+_BATCH_MB = 50 + 16 + 4  # one batch's two buffers, and a little slack
 
 
 def _probe(mode: str) -> dict[str, float]:
@@ -62,7 +63,8 @@ def _spared(default: dict[str, float], tuned: dict[str, float]) -> bool:
     """Whether the tuned process reused its pages where the untuned one faulted them in:
     untuned, glibc serves the 50 MB buffer with mmap (and unmaps it on free), tuned it
     serves everything from the heap; the tuned process then faults (almost) nothing and
-    does not grow, where the untuned one faults every page of the buffer in again."""
+    does not grow batch after batch, where the untuned one faults every page of the buffer
+    in again."""
     mechanism = default["mmapped"] is None or (
         default["mmapped"] >= 50 * 2**20 and tuned["mmapped"] <= 0
     )
@@ -70,7 +72,9 @@ def _spared(default: dict[str, float], tuned: dict[str, float]) -> bool:
         mechanism
         and default["faults"] >= _PAGES_PER_BATCH / 2
         and tuned["faults"] * 20 < default["faults"]
-        and tuned["growth_mb"] < 25
+        # Over the 12 measured batches the heap may extend once (the allocator places a
+        # 50 MB buffer past the 16 MB one); what must not happen is growth every batch.
+        and tuned["growth_mb"] < _BATCH_MB
     )
 
 
