@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("CLARLAB_DATA", str(ROOT.parent / "shared/datasets"))
 
+from core.dotted import deep_merge  # noqa: E402
 from core.stats import CellScores, compare, decode_correct  # noqa: E402
 
 
@@ -63,12 +64,6 @@ def budget_overrides(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    from core.dotted import deep_merge
-
-    return deep_merge(base, extra)
-
-
 def run_one(job: tuple[Run, dict[str, Any], str]) -> dict[str, Any]:
     """Train one run in this (fresh) process; its per-evaluation top-1 and correctness."""
     run, budget, store = job
@@ -79,7 +74,7 @@ def run_one(job: tuple[Run, dict[str, Any], str]) -> dict[str, Any]:
     from core.tracking import RunIdentity
     from core.train import train
 
-    overrides = _merge(_merge(budget, run.overrides), {"train": {"seed": run.seed}})
+    overrides = deep_merge(deep_merge(budget, run.overrides), {"train": {"seed": run.seed}})
     cfg = preset("laptop", overrides)
     evaluations: dict[int, tuple[float, str]] = {}
     epoch_seconds: list[float] = []

@@ -42,7 +42,7 @@ from pydantic import (
 
 from core import registry
 from core.dotted import DottedKeyError, deep_merge, flatten, get_dotted, set_dotted
-from core.methods.configs import MethodConfig, all_method_fields, parse_method
+from core.methods.configs import DEFAULT_METHOD, MethodConfig, all_method_fields, parse_method
 
 # The key of a preset layer that holds per-dataset values.
 PER_DATASET_KEY = "datasets"
@@ -354,7 +354,7 @@ def merge_layer(tree: Mapping[str, Any], layer: Mapping[str, Any]) -> dict[str, 
     drops the method fields of the layers below: SimCLR's tau 0.5 written in a base must
     not become MoCo's tau when a grid cell switches to MoCo (published: 0.07)."""
     new_method = get_dotted(layer, "method.name")
-    if new_method is not None and new_method != get_dotted(tree, "method.name", "simclr"):
+    if new_method is not None and new_method != get_dotted(tree, "method.name", DEFAULT_METHOD):
         tree = {key: value for key, value in tree.items() if key != "method"}
     return deep_merge(tree, layer)
 

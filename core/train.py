@@ -579,6 +579,13 @@ def _train_epoch(
         labels = torch.from_numpy(data.split.train_labels[positions]).to(device)
         data_seconds += time.perf_counter() - tick
 
+        if not type(cfg.method).trains:
+            # The control: no augmentation and no second view, only batch-norm statistics.
+            with torch.no_grad():
+                method.calibrate(frontend(waves))
+            steps += 1
+            continue
+
         tick = time.perf_counter()
         with torch.no_grad():
             views = [
@@ -586,10 +593,6 @@ def _train_epoch(
                 for _ in range(2)
             ]
         augment_seconds += time.perf_counter() - tick
-        if not type(cfg.method).trains:
-            method.calibrate(views[0])  # the control: batch-norm statistics only
-            steps += 1
-            continue
 
         autocast = (
             torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()

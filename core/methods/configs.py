@@ -82,6 +82,7 @@ class MethodEntry:
 
 
 METHODS: dict[str, MethodEntry] = {}
+DEFAULT_METHOD = "simclr"  # what an experiment without method.name trains
 
 
 def register_method(config: type[MethodConfig] | None = None, implementation: Any = None) -> Any:
@@ -255,7 +256,7 @@ def parse_method(raw: Any) -> MethodConfig:
         raw = {}
     if not isinstance(raw, dict):
         raise ValueError(f"expected a mapping with at least 'name', got {raw!r}")
-    name = raw.get("name", "simclr")
+    name = raw.get("name", DEFAULT_METHOD)
     config_class = method_config_class(name)
     unknown = sorted(set(raw) - set(config_class.model_fields))
     if unknown:

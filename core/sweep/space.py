@@ -28,7 +28,7 @@ from core.config import (
     known_fields,
 )
 from core.dotted import flatten, get_dotted, nest
-from core.methods.configs import method_config_class
+from core.methods.configs import DEFAULT_METHOD, method_config_class
 
 _TOP_LEVEL_KEYS = ("ablation", "description", "metric", "base", "presets", "axes")
 CELL, UNTRAINED, SUPERVISED = "cell", "untrained", "supervised"
@@ -333,11 +333,18 @@ def expand_trials(
     from core.sweep.design import add_controls, replicate
 
     if controls:
-        layers = [PRESETS[preset]] if preset is not None else []
-        layers += [space.base, space.presets.get(preset, {}) if preset else {}]
-        layers.append(nest({k: v for k, v in (overrides or {}).items()}))
-        cells = add_controls(space, cells, compose(layers))
+        sweep_wide = [*_lower_layers(space, preset), nest(dict(overrides or {}))]
+        cells = add_controls(space, cells, compose(sweep_wide))
     return replicate(cells, seeds)
+
+
+def _lower_layers(space: SearchSpace, preset: str | None) -> list[Mapping[str, Any]]:
+    """The layers under every grid cell: the preset, the base, the space's preset section."""
+    if preset is None:
+        return [space.base]
+    if preset not in PRESETS:
+        raise SearchSpaceError(f"unknown preset {preset!r}; valid: {', '.join(sorted(PRESETS))}")
+    return [PRESETS[preset], space.base, space.presets.get(preset, {})]
 
 
 def _expand_cells(
@@ -346,18 +353,15 @@ def _expand_cells(
     overrides: Mapping[str, Any] | None,
     trial_overrides: Mapping[str, Mapping[str, Any]] | None,
 ) -> list[Trial]:
-    if preset is not None and preset not in PRESETS:
-        raise SearchSpaceError(f"unknown preset {preset!r}; valid: {', '.join(sorted(PRESETS))}")
+    lower = _lower_layers(space, preset)
     overrides = dict(overrides or {})
     _check_overrides(space, overrides, "overrides (--set)")
-    lower = [space.base]
-    if preset is not None:
-        lower = [PRESETS[preset], space.base, space.presets.get(preset, {})]
     trial_overrides = {key: dict(value) for key, value in (trial_overrides or {}).items()}
     for trial_id, settings in trial_overrides.items():
         check_fields(nest(settings), f"cell overrides ({trial_id})")
     matrix = space.matrix_axis
     method_swept = any(axis.field == "method.name" for axis in space.axes)
+    lower_method = get_dotted(compose(lower), "method.name", DEFAULT_METHOD)
     unused_method_fields = {key for key in overrides if key.startswith("method.")}
     trials: list[Trial] = []
     for combination in itertools.product(*(axis.points() for axis in space.axes)):
@@ -376,7 +380,7 @@ def _expand_cells(
         cell_overrides = overrides
         if method_swept:
             # With a method axis, a --set method.<field> applies to the methods that have it.
-            method = cell.get("method.name") or get_dotted(compose(lower), "method.name", "simclr")
+            method = cell.get("method.name") or lower_method
             accepted = method_config_class(method).model_fields
             cell_overrides = {
                 key: value
