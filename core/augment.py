@@ -26,9 +26,25 @@ Signal codes (what search spaces write):
 ``MIX``     mixup with another clip of the batch, weight uniform in [0, ``mix_max``]
 ==========  ==========================================================================
 
-Spectrogram codes (run after the front end, on ``(B, C, F, frames)``): ``SA`` SpecAugment
-(2 frequency + 2 time masks of width up to 20) and ``PA`` PatchAugment (5 patches of
-10 x 10 copied from one random place to another).
+Spectrogram codes (run after the front end, on ``(B, C, F, frames)``):
+
+==========  ==========================================================================
+``SA``      SpecAugment: 2 frequency + 2 time masks of width up to 20, new each call,
+            filled with the clip's per-channel mean
+``PA``      PatchAugment: 5 patches of 10 x 10 copied from one random place to another
+``SA0``     QUACLRS specaugment_0/1/2: SA's masks as a fixed draw per spectrogram
+``SA1``     (seeded by the variant and a fingerprint of it, so the same input gets the
+``SA2``     same masks in any epoch and batch), filled with the clip's minimum
+``PA0``     QUACLRS patchaugment_0/1 (and a third): PA's patches drawn once per clip,
+``PA1``     as for ``SA0``-``SA2``
+``PA2``
+==========  ==========================================================================
+
+Views: fixed-setting codes (``TST0.8``, ``TST1.2``, ``PS+2``, ``PS-2``, ``SA0``-``PA2``)
+and the empty pipeline transform a clip the same way every time, so both views of a
+contrastive pair would be identical. :func:`build_view_augment` then puts a random base
+(``TS`` then ``FD``, drawn per view) under them, as QUACLRS ablates an augmentation on
+top of a random base; ``augment.view_base`` overrides it.
 
 Pitch shift and time stretch (``PS``, ``TST`` and their fixed variants) draw their
 parameters here and run on the batched phase vocoder of :mod:`core.vocoder`, where their
@@ -404,6 +420,10 @@ def _check_spec(x: Tensor, code: str) -> None:
         )
 
 
+# Draws an augmentation's integers through: per-clip integers uniform in [0, upper[i]].
+IntegerDraw = Callable[[Tensor], Tensor]
+
+
 def spec_augment(x: Tensor, generator: torch.Generator, cfg: AugmentConfig) -> Tensor:
     """SA: 2 frequency and 2 time masks per clip, each of width uniform in [0, 20].
 
@@ -412,30 +432,41 @@ def spec_augment(x: Tensor, generator: torch.Generator, cfg: AugmentConfig) -> T
     normalised features. The same mask covers every channel of a clip.
     """
     _check_spec(x, "SA")
+    masked = _spec_masks(x, lambda upper: _randint_upto(generator, upper))
+    mean = x.mean(dim=(2, 3), keepdim=True)
+    return torch.where(masked, mean, x)
+
+
+def _spec_masks(x: Tensor, draw: IntegerDraw) -> Tensor:
+    """SpecAugment's mask ``(B, 1, F, frames)``: 2 frequency bands then 2 time bands per
+    clip, each of width in [0, 20] at a position in range, from ``draw``'s integers."""
     batch, _, bins, frames = x.shape
     masked = torch.zeros(batch, 1, bins, frames, dtype=torch.bool, device=x.device)
     for size, axis in ((bins, 2), (frames, 3)):
         index = torch.arange(size, device=x.device)
         for _ in range(SPEC_MASKS):
-            width = _randint_upto(
-                generator, torch.full((batch,), min(SPEC_MASK_MAX_WIDTH, size), device=x.device)
-            )
-            start = _randint_upto(generator, size - width)
+            width = draw(torch.full((batch,), min(SPEC_MASK_MAX_WIDTH, size), device=x.device))
+            start = draw(size - width)
             band = (index >= start[:, None]) & (index < (start + width)[:, None])
             shape = [batch, 1, 1, 1]
             shape[axis] = size
             masked |= band.view(shape)
-    mean = x.mean(dim=(2, 3), keepdim=True)
-    return torch.where(masked, mean, x)
+    return masked
 
 
 def patch_augment(x: Tensor, generator: torch.Generator, cfg: AugmentConfig) -> Tensor:
-    """PA: 5 patches of 10 x 10 per clip, each copied from a random place to another.
+    """PA: 5 patches of 10 x 10 per clip, each copied from a random place to another."""
+    _check_spec(x, "PA")
+    return _move_patches(x, lambda upper: _randint_upto(generator, upper))
+
+
+def _move_patches(x: Tensor, draw: IntegerDraw) -> Tensor:
+    """5 patches of 10 x 10 per clip copied from one place of the clip to another, the
+    corners from ``draw``'s integers.
 
     Built as one source-index map per clip and a single gather, so all channels move
     together and patches are read from the unmodified input.
     """
-    _check_spec(x, "PA")
     batch, channels, bins, frames = x.shape
     height, width = min(PATCH_SIZE, bins), min(PATCH_SIZE, frames)
     f = torch.arange(bins, device=x.device).view(1, bins, 1)
@@ -443,7 +474,7 @@ def patch_augment(x: Tensor, generator: torch.Generator, cfg: AugmentConfig) -> 
     source = (f * frames + t).expand(batch, bins, frames)
 
     def corner(size: int, extent: int) -> Tensor:
-        return _randint_upto(generator, torch.full((batch,), size - extent, device=x.device))
+        return draw(torch.full((batch,), size - extent, device=x.device))
 
     for _ in range(PATCHES):
         f_src, t_src = corner(bins, height), corner(frames, width)
@@ -455,6 +486,119 @@ def patch_augment(x: Tensor, generator: torch.Generator, cfg: AugmentConfig) -> 
     flat = x.reshape(batch, channels, bins * frames)
     index = source.reshape(batch, 1, bins * frames).expand(batch, channels, bins * frames)
     return torch.gather(flat, 2, index).view_as(x)
+
+
+# --- SA0-SA2 / PA0-PA2: QUACLRS's fixed variants -----------------------------------------
+# QUACLRS saved three augmented copies of each clip as images (specaugment_0/1/2,
+# patchaugment_0/1 in Tables 15/17): variant k is one fixed draw per clip, the same in
+# every epoch. Here variant k draws from a counter-based stream seeded by (k, a fingerprint
+# of the clip's spectrogram), so it needs no stored copy, no clip index and no generator:
+# the same spectrogram gets the same variant-k masks at any batch position, in any batch.
+# The stream is splitmix64 (Steele et al. 2014) on int64 tensors, all clips at once.
+# The fingerprint is of the spectrogram these codes receive: under a random view base
+# (TS + FD, see build_view_augment) that differs per view, and so do the draws.
+_MASK64 = (1 << 64) - 1
+_GOLDEN_GAMMA = 0x9E3779B97F4A7C15  # splitmix64's increment (odd, 2^64 / golden ratio)
+
+
+def _as_int64(value: int) -> int:
+    """``value`` mod 2^64 as the signed int64 torch stores (constants above 2^63 wrap)."""
+    value &= _MASK64
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+_MIX_1 = _as_int64(0xBF58476D1CE4E5B9)
+_MIX_2 = _as_int64(0x94D049BB133111EB)
+
+
+def _shift_right(z: Tensor, bits: int) -> Tensor:
+    """Logical right shift of int64 ``z`` (torch's ``>>`` on signed ints is arithmetic)."""
+    return (z >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def mix64(z: Tensor) -> Tensor:
+    """splitmix64's finaliser on int64 tensors: a bijection of 64-bit words whose every
+    output bit depends on every input bit. Products wrap mod 2^64 as the algorithm needs."""
+    z = (z ^ _shift_right(z, 30)) * _MIX_1
+    z = (z ^ _shift_right(z, 27)) * _MIX_2
+    return z ^ _shift_right(z, 31)
+
+
+def spectrogram_fingerprint(x: Tensor) -> Tensor:
+    """One int64 per clip of ``(B, C, F, frames)`` that changes when any value changes.
+
+    The sum of the float32 bit patterns, in exact integer arithmetic: unlike a float sum it
+    does not depend on the reduction order, so a clip gets the same fingerprint at every
+    batch position and batch size (and never overflows: at most 2^31 per value).
+    """
+    bits = x.to(torch.float32).contiguous().view(torch.int32)
+    # One flat axis: torch's integer sum over several dims at once is ~8x slower on CPU.
+    return bits.reshape(x.shape[0], -1).sum(dim=1, dtype=torch.int64)
+
+
+class ClipStream:
+    """Per-clip random integers that depend only on the clip and a key, not on a generator.
+
+    The i-th draw of clip b is ``mix64(seed_b + i * gamma)`` (splitmix64's sequence) with
+    ``seed_b = mix64(fingerprint_b + key * gamma)``: the same clip and key give the same
+    draws in every call, and different keys give unrelated ones. Called like
+    :func:`_randint_upto`: ``stream(upper)`` is uniform in [0, upper[b]] per clip.
+    """
+
+    def __init__(self, fingerprint: Tensor, key: int):
+        self.seed = mix64(fingerprint + _as_int64(key * _GOLDEN_GAMMA))
+        self.count = 0
+
+    def __call__(self, upper: Tensor) -> Tensor:
+        self.count += 1
+        word = mix64(self.seed + _as_int64(self.count * _GOLDEN_GAMMA))
+        # The top 24 bits, so the float32 in [0, 1) is exact; then as _randint_upto does.
+        uniform = _shift_right(word, 40).to(torch.float32) / float(1 << 24)
+        return torch.minimum((uniform * (upper + 1).float()).long(), upper)
+
+
+VARIANTS = 3  # SA0-SA2, PA0-PA2
+# Keys of the variant streams: SA and PA variants k never share a stream.
+_SPEC_AUGMENT_KEY, _PATCH_AUGMENT_KEY = 0x5A00, 0x9A00
+
+
+def _fixed_spec_augment(variant: int) -> SpecAugmentation:
+    def fixed_spec_augment(x: Tensor, generator: torch.Generator, cfg: AugmentConfig) -> Tensor:
+        _check_spec(x, f"SA{variant}")
+        stream = ClipStream(spectrogram_fingerprint(x), _SPEC_AUGMENT_KEY + variant)
+        masked = _spec_masks(x, stream)
+        # QUACLRS "removes" the masked segments of a spectrogram image: they become its
+        # black, the lowest level. On log-power features that is the clip's minimum (per
+        # channel, since channels hold different quantities), not 0, which is a loud 0 dB.
+        floor = x.amin(dim=(2, 3), keepdim=True)
+        return torch.where(masked, floor, x)
+
+    fixed_spec_augment.__doc__ = (
+        f"SA{variant}: QUACLRS specaugment_{variant}, SpecAugment's 2 frequency + 2 time "
+        "masks of width up to 20 drawn once per clip (the same masks in every epoch), "
+        "filled with the clip's per-channel minimum. ``generator`` is not used."
+    )
+    return fixed_spec_augment
+
+
+def _fixed_patch_augment(variant: int) -> SpecAugmentation:
+    def fixed_patch_augment(x: Tensor, generator: torch.Generator, cfg: AugmentConfig) -> Tensor:
+        _check_spec(x, f"PA{variant}")
+        return _move_patches(
+            x, ClipStream(spectrogram_fingerprint(x), _PATCH_AUGMENT_KEY + variant)
+        )
+
+    fixed_patch_augment.__doc__ = (
+        f"PA{variant}: QUACLRS patchaugment_{variant}, 5 patches of 10 x 10 copied within "
+        "the clip, drawn once per clip (the same in every epoch). ``generator`` is not used."
+    )
+    return fixed_patch_augment
+
+
+spec_augment_0, spec_augment_1, spec_augment_2 = (_fixed_spec_augment(k) for k in range(VARIANTS))
+patch_augment_0, patch_augment_1, patch_augment_2 = (
+    _fixed_patch_augment(k) for k in range(VARIANTS)
+)
 
 
 # --- pipelines ----------------------------------------------------------------------------
@@ -476,26 +620,37 @@ class SignalPipeline(torch.nn.Module):
 
     Takes ``(B, T)`` or ``(B, 1, T)`` and returns the same shape, dtype and device. Each
     augmentation is applied to each clip with ``cfg.probability`` (1.0 for the CLAR matrix,
-    which measures the augmentation itself).
+    which measures the augmentation itself). ``base_codes`` run first, on every clip: they
+    are the view's random base (``augment.view_base``), not the augmentation under study.
     """
 
-    def __init__(self, cfg: AugmentConfig, sample_rate: int, codes: Sequence[str] | None = None):
+    def __init__(
+        self,
+        cfg: AugmentConfig,
+        sample_rate: int,
+        codes: Sequence[str] | None = None,
+        base_codes: Sequence[str] = (),
+    ):
         super().__init__()
         self.cfg = cfg
         self.sample_rate = sample_rate
         self.codes = list(cfg.pipeline if codes is None else codes)
-        unknown = [code for code in self.codes if code not in SIGNAL_AUGMENTATIONS]
-        if unknown:
-            raise ValueError(
-                f"augment.pipeline: unknown code(s) {unknown}; valid: "
-                f"{', '.join(SIGNAL_AUGMENTATIONS.names())}"
-            )
+        self.base_codes = list(base_codes)
+        for field, listed in (("view_base", self.base_codes), ("pipeline", self.codes)):
+            unknown = [code for code in listed if code not in SIGNAL_AUGMENTATIONS]
+            if unknown:
+                raise ValueError(
+                    f"augment.{field}: unknown code(s) {unknown}; valid: "
+                    f"{', '.join(SIGNAL_AUGMENTATIONS.names())}"
+                )
 
     def forward(self, x: Tensor, generator: torch.Generator) -> Tensor:
         if x.dim() == 3 and x.shape[1] == 1:
             return self.forward(x[:, 0], generator)[:, None]
         if x.dim() != 2:
             raise ValueError(f"SignalPipeline expects (B, T) or (B, 1, T), got {tuple(x.shape)}")
+        for code in self.base_codes:
+            x = SIGNAL_AUGMENTATIONS[code](x, generator, self.cfg, self.sample_rate)
         for code in self.codes:
             function = SIGNAL_AUGMENTATIONS[code]
             x = _apply_with_probability(
@@ -507,7 +662,8 @@ class SignalPipeline(torch.nn.Module):
         return x
 
     def extra_repr(self) -> str:
-        return f"codes={self.codes}, probability={self.cfg.probability}"
+        base = f"base_codes={self.base_codes}, " if self.base_codes else ""
+        return f"{base}codes={self.codes}, probability={self.cfg.probability}"
 
 
 class SpecPipeline(torch.nn.Module):
@@ -542,6 +698,18 @@ class SpecPipeline(torch.nn.Module):
 def build_signal_pipeline(cfg: AugmentConfig, sample_rate: int) -> SignalPipeline:
     """The signal pipeline of ``cfg.pipeline`` for audio at ``sample_rate``."""
     return SignalPipeline(cfg, sample_rate)
+
+
+def build_view_augment(cfg: AugmentConfig, sample_rate: int) -> SignalPipeline:
+    """What one view of a training pair gets on the signal: its base, then ``cfg.pipeline``.
+
+    Fixed-setting codes (``TST0.8``, ``PS+2``, ``SA0``, ...) and the empty pipeline would
+    give the two views of a clip bit-identical, making the contrastive task trivial, so
+    such configs get the random base ``DEFAULT_VIEW_BASE`` (see
+    :meth:`AugmentConfig.resolved_view_base`). Each call of the returned pipeline draws its
+    own base parameters, so two calls on one generator give two different views.
+    """
+    return SignalPipeline(cfg, sample_rate, base_codes=cfg.resolved_view_base())
 
 
 def build_spec_pipeline(cfg: AugmentConfig) -> SpecPipeline:

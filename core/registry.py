@@ -91,10 +91,33 @@ SIGNAL_AUGMENTATIONS = LazyRegistry(
 )
 
 # Spectrogram augmentations, applied after a 2D front end: (B, C, F, frames).
+# SA0-SA2 / PA0-PA2 are QUACLRS's offline copies (Tables 15/17): fixed draws per clip.
 SPEC_AUGMENTATIONS = LazyRegistry(
     "spectrogram augmentation code",
-    {"SA": "core.augment:spec_augment", "PA": "core.augment:patch_augment"},
+    {
+        "SA": "core.augment:spec_augment",
+        "PA": "core.augment:patch_augment",
+        "SA0": "core.augment:spec_augment_0",
+        "SA1": "core.augment:spec_augment_1",
+        "SA2": "core.augment:spec_augment_2",
+        "PA0": "core.augment:patch_augment_0",
+        "PA1": "core.augment:patch_augment_1",
+        "PA2": "core.augment:patch_augment_2",
+    },
 )
+
+# Codes that transform a clip the same way every time they see it (no random draw per
+# call). A view made only of these is a function of the clip alone, so the two views of a
+# contrastive pair would be bit-identical and the task trivial: such pipelines get the
+# random base ``DEFAULT_VIEW_BASE`` per view (``augment.view_base``, core.augment).
+# Kept here, without torch, so a config or a dry run can tell which pipelines need it.
+DETERMINISTIC_CODES: frozenset[str] = frozenset(
+    {"TST0.8", "TST1.2", "PS+2", "PS-2", "SA0", "SA1", "SA2", "PA0", "PA1", "PA2"}
+)
+
+# The base each view gets when its ablated codes alone would not tell the views apart:
+# circular time shift then fade, both cheap, label-preserving and random per clip.
+DEFAULT_VIEW_BASE: tuple[str, ...] = ("TS", "FD")
 
 # Front ends (CLAR 3.1): raw audio for the 1D encoder, time-frequency maps for the 2D ones.
 FRONTENDS = LazyRegistry(
