@@ -16,7 +16,7 @@ import soundfile
 import torch
 
 from core.config import DataConfig
-from core.data import AudioCache, CacheDataset, make_split, open_cache
+from core.data import AudioCache, CacheDataset, DatasetError, make_split, open_cache
 from core.data.cache import describe
 
 
@@ -41,6 +41,7 @@ def test_fsdd_cache_holds_every_clip_at_16k_one_second(fsdd_cache: AudioCache) -
     assert fsdd_cache.excluded == []
     manifest = fsdd_cache.manifest
     assert manifest["split_counts"] == {"test": 300, "train": 2_700}
+    assert manifest["fold_counts"] == {str(k): 500 for k in range(1, 7)}  # one per speaker
     assert len(manifest["content_hash"]) == 64
     # Labels come from the file names: digit_speaker_take.wav.
     files = fsdd_cache.files
@@ -58,6 +59,38 @@ def test_official_split_is_takes_0_to_4_for_test(
     assert set(takes[split.test]) == set(range(5))
     assert takes[split.train].min() == 5
     assert np.array_equal(split.train_labels, fsdd_cache.labels[split.train])
+
+
+SPEAKERS = ["george", "jackson", "lucas", "nicolas", "theo", "yweweler"]  # folds 1..6
+
+
+def test_quaclrs_speaker_folds_are_speaker_independent(
+    fsdd_cache: AudioCache, fsdd_config: DataConfig
+) -> None:
+    speakers = np.array([Path(name).stem.split("_")[1] for name in fsdd_cache.files])
+    assert np.array_equal(fsdd_cache.fold, [SPEAKERS.index(s) + 1 for s in speakers])
+    tested = np.zeros(len(fsdd_cache), dtype=int)
+    for k in range(1, 7):
+        cfg = fsdd_config.model_copy(update={"split_scheme": "quaclrs", "fold": k})
+        split = make_split(fsdd_cache, cfg, seed=0)
+        assert (split.train.size, split.val.size, split.test.size) == (2_000, 500, 500)
+        assert set(speakers[split.test]) == {SPEAKERS[k - 1]}
+        assert set(speakers[split.val]) == {SPEAKERS[k - 2]}  # speaker 1 validates on 6
+        assert set(speakers[split.train]).isdisjoint(speakers[np.r_[split.val, split.test]])
+        assert np.bincount(fsdd_cache.labels[split.test]).tolist() == [50] * 10
+        tested[split.test] += 1
+    assert np.all(tested == 1)  # every clip is tested exactly once across the six folds
+    with pytest.raises(DatasetError, match="remove data.fold"):
+        make_split(fsdd_cache, fsdd_config.model_copy(update={"fold": 3}))
+
+
+def test_max_clips_keeps_the_whole_test_speaker(fsdd_config: DataConfig) -> None:
+    cfg = fsdd_config.model_copy(update={"split_scheme": "quaclrs", "fold": 4, "max_clips": 200})
+    cache = open_cache(cfg, progress=False)
+    assert len(cache) == 700 and int((cache.fold == 4).sum()) == 500  # nicolas, whole
+    split = make_split(cache, cfg)
+    assert split.test.size == 500 and split.train.size + split.val.size == 200
+    assert {Path(cache.files[i]).stem.split("_")[1] for i in split.test} == {"nicolas"}
 
 
 def test_label_fraction_hides_labels_but_keeps_the_clips(

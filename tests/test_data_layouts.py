@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -112,6 +113,48 @@ def test_speech_commands_unknown_word_folder_is_an_error(tmp_path: Path) -> None
     (root / "testing_list.txt").write_text("")
     with pytest.raises(DatasetError, match=r"\['zeroo'\].*valid words: backward"):
         open_cache(config("speech_commands", root, tmp_path / "cache"), progress=False)
+
+
+def test_speech_commands_listed_but_missing_files_are_excluded_and_warned(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "sc"
+    for word in ("zero", "one", "yes"):
+        for take in range(2):
+            write_tone(root / word / f"spk{take}_nohash_{take}.wav", 300)
+    (root / "testing_list.txt").write_text(
+        "zero/spk0_nohash_0.wav\nzero/gone_nohash_0.wav\nyes/gone_nohash_0.wav\n"
+        "one/both_nohash_0.wav\n"
+    )
+    (root / "validation_list.txt").write_text(
+        "one/spk0_nohash_0.wav\none/gone_nohash_1.wav\none/both_nohash_0.wav\n"
+    )
+    with pytest.warns(ExcludedFilesWarning, match=r"4 file\(s\) excluded") as caught:
+        cache = open_cache(config("speech_commands", root, tmp_path / "cache"), False)
+    assert len(cache) == 6
+    assert cache.manifest["split_counts"] == {"test": 1, "train": 4, "validation": 1}
+    assert cache.excluded == [
+        {"path": "one/both_nohash_0.wav", "reason": "listed in testing_list.txt but missing"},
+        {"path": "one/gone_nohash_1.wav", "reason": "listed in validation_list.txt but missing"},
+        {"path": "yes/gone_nohash_0.wav", "reason": "listed in testing_list.txt but missing"},
+        {"path": "zero/gone_nohash_0.wav", "reason": "listed in testing_list.txt but missing"},
+    ]
+    manifest = json.loads((cache.path / "manifest.json").read_text())
+    assert manifest["excluded"] == cache.excluded
+    assert "zero/gone_nohash_0.wav (listed in testing_list.txt but missing)" in str(
+        caught[0].message
+    )
+    # SC-10 has no "yes": that word's missing entry is not one of its clips.
+    with pytest.warns(ExcludedFilesWarning, match=r"3 file\(s\) excluded"):
+        digits = open_cache(config("speech_commands_10", root, tmp_path / "cache"), False)
+    assert "yes/gone_nohash_0.wav" not in {entry["path"] for entry in digits.excluded}
+    with pytest.raises(DatasetError, match=r"zero/gone_nohash_0\.wav.*data\.strict=false"):
+        open_cache(config("speech_commands", root, tmp_path / "cache", strict=True), False)
+    # Restoring the file changes the listing, so the next open builds a cache without it.
+    write_tone(root / "zero" / "gone_nohash_0.wav", 300)
+    with pytest.warns(ExcludedFilesWarning, match=r"3 file\(s\) excluded"):
+        restored = open_cache(config("speech_commands", root, tmp_path / "cache"), False)
+    assert restored.path != cache.path and restored.manifest["split_counts"]["test"] == 2
 
 
 # --- ESC-50 / ESC-10 ------------------------------------------------------------------------
@@ -220,6 +263,104 @@ def test_center_crop_at_48k_for_quaclrs(urbansound_root: Path, tmp_path: Path) -
     assert np.all(np.abs(cache.batch(np.arange(20)).numpy()[:, -100:]).max(axis=1) > 0.1)
 
 
+def test_unreadable_last_fold_is_an_error_not_a_silent_fold_9(
+    urbansound_root: Path, tmp_path: Path
+) -> None:
+    root = tmp_path / "us8k"
+    shutil.copytree(urbansound_root, root)
+    for wav in (root / "audio" / "fold10").glob("*.wav"):
+        wav.write_bytes(b"not a wav file" * 30)
+    cfg = config("urbansound8k", root, tmp_path / "cache")
+    with pytest.warns(ExcludedFilesWarning, match=r"2 file\(s\) excluded"):
+        cache = open_cache(cfg, progress=False)
+    assert sorted(set(cache.fold.tolist())) == list(range(1, 10))
+    manifest = str(cache.path / "manifest.json")
+    # official: the default test fold is the declared last fold (10), which has no clips.
+    with pytest.raises(DatasetError) as caught:
+        make_split(cache, cfg)
+    message = str(caught.value)
+    for needle in ("urbansound8k", "test fold 10 has no clips", "excluded", manifest):
+        assert needle in message
+    quaclrs = cfg.model_copy(update={"split_scheme": "quaclrs"})
+    with pytest.raises(DatasetError, match="urbansound8k: the validation fold 10 has no clips"):
+        make_split(cache, quaclrs.model_copy(update={"fold": 1}))
+    with pytest.raises(DatasetError, match="urbansound8k: the test fold 10 has no clips"):
+        make_split(cache, quaclrs.model_copy(update={"fold": 10}))
+    with pytest.raises(DatasetError, match=r"valid: 1\.\.10"):  # declared, not cached, folds
+        make_split(cache, quaclrs.model_copy(update={"fold": 11}))
+    fold5 = make_split(cache, quaclrs.model_copy(update={"fold": 5}))
+    assert set(cache.fold[fold5.test].tolist()) == {5}
+    assert set(cache.fold[fold5.val].tolist()) == {4}
+    assert set(cache.fold[fold5.train].tolist()) == {1, 2, 3, 6, 7, 8, 9}
+    official9 = make_split(cache, cfg.model_copy(update={"fold": 9}))
+    assert set(cache.fold[official9.test].tolist()) == {9} and official9.train.size == 16
+
+
+# --- FSDD speaker folds -------------------------------------------------------------------------
+FSDD_SPEAKERS = ["george", "jackson", "lucas", "nicolas", "theo", "yweweler"]
+
+
+@pytest.fixture(scope="module")
+def fsdd_fixture_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every speaker, digits 0-2, one test take (2) and three training takes (5-7)."""
+    root = tmp_path_factory.mktemp("fsdd")
+    for s, speaker in enumerate(FSDD_SPEAKERS):
+        for digit in range(3):
+            for take in (2, 5, 6, 7):
+                write_tone(root / "recordings" / f"{digit}_{speaker}_{take}.wav",
+                           200 + 40 * s + 10 * digit, rate=8_000, seconds=0.2)  # fmt: skip
+    return root
+
+
+def speakers_of(cache_files: list[str], indices: np.ndarray) -> set[str]:
+    return {Path(cache_files[i]).stem.split("_")[1] for i in indices}
+
+
+def test_fsdd_speaker_folds_next_to_the_takes_split(
+    fsdd_fixture_root: Path, tmp_path: Path
+) -> None:
+    cfg = config("fsdd", fsdd_fixture_root, tmp_path)
+    cache = open_cache(cfg, progress=False)
+    assert get_spec("fsdd").num_folds == 6
+    files = cache.files
+    for row, name in enumerate(files):  # fold = position of the speaker in sorted order
+        assert cache.fold[row] == FSDD_SPEAKERS.index(Path(name).stem.split("_")[1]) + 1
+    assert cache.manifest["fold_counts"] == {str(k): 12 for k in range(1, 7)}
+    assert cache.manifest["split_counts"] == {"test": 18, "train": 54}
+
+    official = make_split(cache, cfg)  # still the takes split, across all speakers
+    assert (official.train.size, official.val.size, official.test.size) == (54, 0, 18)
+    assert speakers_of(files, official.test) == set(FSDD_SPEAKERS)
+
+    for k, speaker in enumerate(FSDD_SPEAKERS, start=1):
+        split = make_split(cache, cfg.model_copy(update={"split_scheme": "quaclrs", "fold": k}))
+        assert speakers_of(files, split.test) == {speaker}
+        assert speakers_of(files, split.val) == {FSDD_SPEAKERS[k - 2]}  # 1 wraps to 6
+        train_speakers = speakers_of(files, split.train)
+        assert len(train_speakers) == 4
+        assert train_speakers.isdisjoint(speakers_of(files, np.r_[split.val, split.test]))
+        assert (split.train.size, split.val.size, split.test.size) == (48, 12, 12)
+
+    with pytest.raises(DatasetError, match=r"remove data\.fold, or set split_scheme='quaclrs'"):
+        make_split(cache, cfg.model_copy(update={"fold": 2}))
+    with pytest.raises(DatasetError, match=r"valid: 1\.\.6"):
+        make_split(cache, cfg.model_copy(update={"split_scheme": "quaclrs", "fold": 7}))
+
+
+def test_fsdd_max_clips_keeps_the_whole_test_speaker(
+    fsdd_fixture_root: Path, tmp_path: Path
+) -> None:
+    cfg = config("fsdd", fsdd_fixture_root, tmp_path, max_clips=10,
+                 split_scheme="quaclrs", fold=3)  # fmt: skip
+    cache = open_cache(cfg, progress=False)
+    assert len(cache) == 22 and int((cache.fold == 3).sum()) == 12  # all of lucas, + 10
+    split = make_split(cache, cfg)
+    assert split.test.size == 12 and speakers_of(cache.files, split.test) == {"lucas"}
+    official = open_cache(cfg.model_copy(update={"split_scheme": "official", "fold": None}), False)
+    assert len(official) == 28 and int((official.split == "test").sum()) == 18
+    assert official.path != cache.path  # a different subsample is a different cache
+
+
 # --- NSynth -----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def nsynth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -267,32 +408,46 @@ def test_unknown_label_field_lists_the_valid_ones(nsynth_root: Path, tmp_path: P
 def test_bad_files_are_excluded_listed_warned_once_and_strict_fails(tmp_path: Path) -> None:
     root = tmp_path / "fsdd"
     for digit in range(3):
-        write_tone(root / "recordings" / f"{digit}_alice_{digit + 5}.wav", 300 + 100 * digit)
-    good = (root / "recordings" / "0_alice_5.wav").read_bytes()
-    (root / "recordings" / "3_alice_5.wav").write_bytes(b"")
-    (root / "recordings" / "4_alice_5.wav").write_bytes(good[: len(good) // 2])
-    (root / "recordings" / "5_alice_5.wav").write_bytes(b"RIFF....WAVEjunk" * 10)
-    soundfile.write(root / "recordings" / "6_alice_5.wav",
+        write_tone(root / "recordings" / f"{digit}_george_{digit + 5}.wav", 300 + 100 * digit)
+    good = (root / "recordings" / "0_george_5.wav").read_bytes()
+    (root / "recordings" / "3_george_5.wav").write_bytes(b"")
+    (root / "recordings" / "4_george_5.wav").write_bytes(good[: len(good) // 2])
+    (root / "recordings" / "5_george_5.wav").write_bytes(b"RIFF....WAVEjunk" * 10)
+    soundfile.write(root / "recordings" / "6_george_5.wav",
                     np.array([0.1, np.nan] * 50, np.float32), 8_000, subtype="FLOAT")  # fmt: skip
+    (root / "recordings" / "7_george_5.wav").write_bytes(b"this is not audio at all" * 20)
     (root / "recordings" / "notes.wav").write_bytes(good)  # not digit_speaker_take
+    (root / "recordings" / "8_alice_5.wav").write_bytes(good)  # not one of the six speakers
     cfg = config("fsdd", root, tmp_path / "cache")
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         cache = open_cache(cfg, progress=False)
     messages = [str(w.message) for w in caught if issubclass(w.category, ExcludedFilesWarning)]
-    assert len(messages) == 1 and "5 file(s) excluded" in messages[0]
+    assert len(messages) == 1 and "7 file(s) excluded" in messages[0]
+    assert "BytesIO" not in messages[0] and "0x" not in messages[0]
     assert len(cache) == 3
     reasons = {entry["path"]: entry["reason"] for entry in cache.excluded}
     assert set(reasons) == {
-        "recordings/3_alice_5.wav", "recordings/4_alice_5.wav", "recordings/5_alice_5.wav",
-        "recordings/6_alice_5.wav", "recordings/notes.wav",
+        "recordings/3_george_5.wav", "recordings/4_george_5.wav", "recordings/5_george_5.wav",
+        "recordings/6_george_5.wav", "recordings/7_george_5.wav", "recordings/notes.wav",
+        "recordings/8_alice_5.wav",
     }  # fmt: skip
-    assert "empty" in reasons["recordings/3_alice_5.wav"]
-    assert "truncated" in reasons["recordings/4_alice_5.wav"]
-    assert "NaN" in reasons["recordings/6_alice_5.wav"]
+    assert "empty" in reasons["recordings/3_george_5.wav"]
+    assert "truncated" in reasons["recordings/4_george_5.wav"]
+    assert "NaN" in reasons["recordings/6_george_5.wav"]
+    # A decode failure names the file (relative to the dataset root) and libsndfile's
+    # message, not the in-memory buffer the decoder was handed.
+    assert reasons["recordings/7_george_5.wav"] == (
+        "recordings/7_george_5.wav: cannot decode: Format not recognised."
+    )
+    assert all(reason.startswith(f"{path}: ") for path, reason in reasons.items()
+               if path not in ("recordings/notes.wav", "recordings/8_alice_5.wav"))  # fmt: skip
+    assert "'alice' is not one of FSDD's six (george" in reasons["recordings/8_alice_5.wav"]
+    # The warning shows each decode reason once, not "path (path: reason)".
+    assert messages[0].count("7_george_5.wav") == 1
 
-    with pytest.raises(DatasetError, match=r"5 file\(s\) excluded.*3_alice_5\.wav.*data\.strict"):
+    with pytest.raises(DatasetError, match=r"7 file\(s\) excluded.*3_george_5\.wav.*data\.strict"):
         open_cache(cfg.model_copy(update={"strict": True}), progress=False)
 
 
@@ -310,6 +465,7 @@ def test_missing_listed_file_is_excluded(urbansound_root: Path, tmp_path: Path) 
     finally:
         (tmp_path / "moved.wav").rename(urbansound_root / "audio" / "fold1" / missing)
     assert len(cache) == 19 and "cannot read" in cache.excluded[0]["reason"]
+    assert cache.excluded[0]["reason"].startswith(f"audio/fold1/{missing}: ")
 
 
 def test_missing_dataset_names_folder_env_var_and_url(
@@ -329,7 +485,7 @@ def test_missing_dataset_names_folder_env_var_and_url(
 def test_unknown_dataset_lists_the_valid_names() -> None:
     assert sorted(DATASETS) == [
         "esc10", "esc50", "fsdd", "nsynth", "speech_commands", "speech_commands_10",
-        "urbansound8k",
+        "urbansound8k", "urbansound8k_sirennet",
     ]  # fmt: skip
     with pytest.raises(ConfigError, match="unknown dataset 'esc51'; valid: esc10, esc50, fsdd"):
         ExperimentConfig.from_dict({"data": {"dataset": "esc51"}})

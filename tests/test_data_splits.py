@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from core.data import kfold_quaclrs, label_fraction_mask
+from core.data import splits as split_module  # test_clip_mask imported bare would be collected
 from core.data.base import DatasetError
 
 # An imbalanced label set, like UrbanSound8K (car_horn and gun_shot are rare).
@@ -66,3 +67,18 @@ def test_quaclrs_kfold_every_fold_tested_once_validation_wraps() -> None:
     assert np.all(tested == 1)
     with pytest.raises(DatasetError, match=r"valid: 1\.\.10"):
         kfold_quaclrs(folds, 0)
+
+
+def test_test_clip_mask_follows_the_declared_folds_and_the_scheme() -> None:
+    clip_mask = split_module.test_clip_mask
+    folds = np.repeat(np.arange(1, 10), 3)  # fold 10 absent from the listing
+    # official without data.fold: the declared last fold, even though none of it is listed
+    assert not clip_mask(None, folds, "official", None, num_folds=10).any()
+    assert np.array_equal(clip_mask(None, folds, "official", None), folds == 9)
+    assert np.array_equal(clip_mask(None, folds, "quaclrs", 4, num_folds=10), folds == 4)
+    assert np.array_equal(clip_mask(None, folds, "esc50_paper", None), folds == 5)
+    # A dataset with both (FSDD): official uses the split, quaclrs the folds.
+    split = np.where(np.arange(folds.size) % 3 == 0, "test", "train")
+    assert np.array_equal(clip_mask(split, folds, "official", None, 10), split == "test")
+    assert np.array_equal(clip_mask(split, folds, "quaclrs", 2, 10), folds == 2)
+    assert clip_mask(split, None, "quaclrs", 2) is None

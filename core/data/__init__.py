@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from core.data import esc50, fsdd, nsynth, speech_commands, urbansound8k
+from core.data import esc50, fsdd, nsynth, speech_commands, urbansound8k, urbansound8k_sirennet
 from core.data.base import DatasetError, DatasetNotFoundError, DatasetSpec, Listing, Resource
 from core.data.splits import Split, kfold_quaclrs, label_fraction_mask, make_split
 from core.lazy import lazy_attributes
@@ -34,6 +34,7 @@ DATASETS: dict[str, DatasetSpec] = {
         esc50.SPEC,
         esc50.SPEC_10,
         urbansound8k.SPEC,
+        urbansound8k_sirennet.SPEC,
         nsynth.SPEC,
     )
 }
@@ -90,6 +91,28 @@ def dataset_root(cfg: DataConfig, progress: bool = True) -> Path:
     )
 
 
+def extra_root(cfg: DataConfig) -> Path | None:
+    """The second folder of a dataset merged from two: ``data.extra_root`` or
+    ``$CLARLAB_DATA/<extra_folder>``; None for every other dataset.
+
+    It is never downloaded (the merged-in dataset has no stable download), so a missing
+    folder is an error naming where to get it, raised before the first dataset would be.
+    """
+    spec = get_spec(cfg.dataset)
+    if not spec.extra_folder:
+        return None
+    configured = cfg.extra_root is not None
+    root = Path(cfg.extra_root).expanduser() if configured else data_home() / spec.extra_folder
+    if not root.is_dir():
+        where = "data.extra_root" if configured else f"${DATA_ENV}/{spec.extra_folder}"
+        raise DatasetNotFoundError(
+            f"dataset {spec.name!r} needs {spec.extra_folder} at {root} ({where}), which is "
+            f"not a folder. clarlab cannot download it: get it from {spec.extra_source}, "
+            f"unpack it there, or set data.extra_root to the folder that holds it"
+        )
+    return root
+
+
 def open_cache(cfg: DataConfig, progress: bool = True) -> AudioCache:
     """Build the decoded cache once (a no-op when its inputs are unchanged), then map it."""
     from core.data.cache import open_cache as _open_cache
@@ -121,6 +144,7 @@ __all__ = [
     "cache_home",
     "data_home",
     "dataset_root",
+    "extra_root",
     "get_spec",
     "open_cache",
 ]

@@ -98,6 +98,8 @@ def subsample(
 
 
 Scanner = Callable[[Path, str | None], Listing]
+# A scan that merges a second, user-supplied folder: (root, label_field, extra_root).
+ExtraScanner = Callable[[Path, str | None, Path], Listing]
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,11 @@ class DatasetSpec:
     one (``esc10`` reads the ``esc50`` folder). ``label_fields`` lists valid
     ``data.label_field`` values, the first being the default. ``num_folds`` is set for
     fold-based datasets.
+
+    A dataset merged from two (``urbansound8k_sirennet``) names its second one by
+    ``extra_folder`` (under ``$CLARLAB_DATA``, or ``data.extra_root``), says where to get
+    it in ``extra_source`` (it has no download), and reads both with ``extra_scan``;
+    its ``scan`` reads the second from the default folder.
     """
 
     name: str
@@ -121,6 +128,17 @@ class DatasetSpec:
     label_fields: tuple[str, ...] = ("label",)
     num_folds: int | None = None
     marker: str = ""  # a path under the folder that exists once the dataset is in place
+    extra_folder: str = ""
+    extra_source: str = ""
+    extra_scan: ExtraScanner | None = None
+
+    def list_clips(self, root: Path, label_field: str | None, extra_root: Path | None) -> Listing:
+        """The listing, reading ``extra_root`` too for a dataset merged from two folders."""
+        if self.extra_scan is None:
+            return self.scan(root, label_field)
+        if extra_root is None:
+            raise DatasetError(f"{self.name}: needs the folder of {self.extra_folder}")
+        return self.extra_scan(root, label_field, extra_root)
 
     def label_field(self, requested: str | None) -> str:
         """Resolve ``data.label_field``; an unknown one is an error listing the valid ones."""

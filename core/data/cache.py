@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from core.data import cache_home, dataset_root, get_spec
+from core.data import cache_home, dataset_root, extra_root, get_spec
 from core.data._decode import STORAGE_SCALE, decode_rows
 from core.data.base import DatasetError, DatasetSpec, Listing, file_lock, subsample
 from core.data.splits import test_clip_mask
@@ -68,6 +68,8 @@ class CacheRequest:
     strict: bool
     # The test split max_clips must leave whole: (split_scheme, test fold).
     test_split: tuple[str, int | None] = ("official", None)
+    # The second folder of a dataset merged from two (``spec.extra_folder``), else None.
+    extra_root: Path | None = None
 
 
 class AudioCache:
@@ -76,7 +78,7 @@ class AudioCache:
     ``audio`` is the raw storage ``(N, clip_samples)`` array; :meth:`batch` returns float32
     in [-1, 1] whatever the storage dtype. ``split`` is a str array of official split
     names, or ``None`` for fold-based datasets; ``fold`` is the 1-based fold per clip, or
-    ``None``.
+    ``None``. A dataset can have both (FSDD: takes split and speaker folds).
     """
 
     def __init__(self, path: Path) -> None:
@@ -118,7 +120,8 @@ class AudioCache:
 
     @property
     def files(self) -> list[str]:
-        """Input paths (relative to the dataset root), one per cached row."""
+        """Input paths (relative to the dataset root; a merged second folder's files
+        under its ``extra_folder`` name), one per cached row."""
         return (self.path / "files.txt").read_text().splitlines()
 
     @property
@@ -217,9 +220,11 @@ def resolve(cfg: DataConfig, progress: bool = True) -> CacheRequest:
     spec = get_spec(cfg.dataset)
     label_field = spec.label_field(cfg.label_field)
     clip_seconds = float(cfg.clip_seconds or spec.clip_seconds)
+    extra = extra_root(cfg)  # before dataset_root: never download half of a dataset
     return CacheRequest(
         spec=spec,
         root=dataset_root(cfg, progress=progress),
+        extra_root=extra,
         label_field=label_field,
         sample_rate=cfg.sample_rate,
         clip_seconds=clip_seconds,
@@ -234,9 +239,9 @@ def resolve(cfg: DataConfig, progress: bool = True) -> CacheRequest:
 
 def scan(request: CacheRequest) -> Listing:
     """The dataset's listing; with ``max_clips``, that many clips besides the test split."""
-    listing = request.spec.scan(request.root, request.label_field)
+    listing = request.spec.list_clips(request.root, request.label_field, request.extra_root)
     scheme, fold = request.test_split
-    whole = test_clip_mask(listing.split, listing.fold, scheme, fold)
+    whole = test_clip_mask(listing.split, listing.fold, scheme, fold, request.spec.num_folds)
     return subsample(listing, request.max_clips, keep_whole=whole)
 
 
@@ -259,9 +264,9 @@ def cache_key(request: CacheRequest, listing: Listing) -> str:
     for path in listing.files:
         try:
             stat = path.stat()
-            signature = f"{_relative(path, request.root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n"
+            signature = f"{_name(path, request)}\0{stat.st_size}\0{stat.st_mtime_ns}\n"
         except OSError:
-            signature = f"{_relative(path, request.root)}\0missing\n"
+            signature = f"{_name(path, request)}\0missing\n"
         digest.update(signature.encode())
     for metadata in listing.metadata_files:
         digest.update(hashlib.sha256(metadata.read_bytes()).digest())
@@ -271,11 +276,20 @@ def cache_key(request: CacheRequest, listing: Listing) -> str:
     return digest.hexdigest()
 
 
-def _relative(path: Path, root: Path) -> str:
+def _name(path: Path, request: CacheRequest) -> str:
+    """How the cache names an input: relative to the dataset folder; a file of a merged
+    second folder as ``<extra_folder>/<path in it>``; anything else by its full path."""
     try:
-        return path.relative_to(root).as_posix()
+        return path.relative_to(request.root).as_posix()
     except ValueError:
-        return str(path)
+        pass
+    if request.extra_root is not None:
+        try:
+            inner = path.relative_to(request.extra_root).as_posix()
+            return f"{request.spec.extra_folder}/{inner}"
+        except ValueError:
+            pass
+    return str(path)
 
 
 def _worker_count() -> int:
@@ -343,6 +357,7 @@ def build(request: CacheRequest, listing: Listing, directory: Path, progress: bo
                     request.sample_rate,
                     request.clip_samples,
                     request.crop,
+                    [_name(listing.files[i], request) for i in rows],
                 )  # fmt: skip
                 for rows in chunks
             ]
@@ -381,15 +396,13 @@ def build(request: CacheRequest, listing: Listing, directory: Path, progress: bo
             np.save(staging / "split.npy", kept.split.astype(str))
         if kept.fold is not None:
             np.save(staging / "fold.npy", kept.fold.astype(np.int64))
-        (staging / "files.txt").write_text(
-            "".join(_relative(p, request.root) + "\n" for p in kept.files)
-        )
+        (staging / "files.txt").write_text("".join(_name(p, request) + "\n" for p in kept.files))
         content = hashlib.sha256()
         for row in good:
             content.update(hashes[int(row)])
         content.update(directory.name.encode())  # the settings are part of the key
         excluded = [{"path": path, "reason": reason} for path, reason in listing.excluded] + [
-            {"path": _relative(listing.files[row], request.root), "reason": reason}
+            {"path": _name(listing.files[row], request), "reason": reason}
             for row, reason in sorted(errors.items())
         ]
         manifest = _manifest(request, kept, excluded, content.hexdigest(), directory.name)
@@ -415,6 +428,7 @@ def _manifest(
         "dataset": request.spec.name,
         "version": request.spec.version,
         "root": str(request.root),
+        "extra_root": None if request.extra_root is None else str(request.extra_root),
         "label_field": request.label_field,
         "sample_rate": request.sample_rate,
         "clip_seconds": request.clip_seconds,
@@ -439,7 +453,7 @@ def _report_excluded(cache: AudioCache, strict: bool) -> None:
     excluded = cache.excluded
     if not excluded:
         return
-    shown = "; ".join(f"{e['path']} ({e['reason']})" for e in excluded[:20])
+    shown = "; ".join(_excluded_entry(e) for e in excluded[:20])
     more = f"; ... and {len(excluded) - 20} more" if len(excluded) > 20 else ""
     message = (
         f"{cache.dataset}: {len(excluded)} file(s) excluded from the cache: {shown}{more}. "
@@ -448,6 +462,13 @@ def _report_excluded(cache: AudioCache, strict: bool) -> None:
     if strict:
         raise DatasetError(message + ". Fix or remove them, or set data.strict=false to skip them")
     warnings.warn(message, ExcludedFilesWarning, stacklevel=3)
+
+
+def _excluded_entry(entry: dict[str, str]) -> str:
+    """``path (reason)``, or the reason alone when it already starts with the path (decode
+    failures name their file, so the manifest's reason stands on its own)."""
+    path, reason = entry["path"], entry["reason"]
+    return reason if reason.startswith(f"{path}: ") else f"{path} ({reason})"
 
 
 def open_cache(cfg: DataConfig, progress: bool = True) -> AudioCache:

@@ -1,7 +1,11 @@
 """Speech Commands v0.02: ``<word>/<speaker>_nohash_<n>.wav`` at 16 kHz, 1 s.
 
 The official split is by list files: ``validation_list.txt`` and ``testing_list.txt``
-name the validation and test clips (relative paths); every other clip is training.
+name the validation and test clips (relative paths); every other clip is training. A
+listed clip whose file is missing is excluded with the reason "listed in testing_list.txt
+but missing" (so it appears in the cache manifest and the build warns), as a clip listed
+in UrbanSound8K's CSV or NSynth's JSON without its file is: a test split that quietly
+shrank would make scores incomparable with the official ones.
 ``_background_noise_`` holds long noise recordings, not keyword clips, and is excluded.
 ``speech_commands_10`` (the CLAR paper's SC-10) keeps the ten digit words, labelled by
 digit value.
@@ -41,7 +45,7 @@ def _scan(root: Path, class_names: list[str], name: str) -> Listing:
             f"valid words: {', '.join(WORDS_V2)}"
         )
     index = {word: i for i, word in enumerate(class_names)}
-    files, labels, split = [], [], []
+    files, labels, split, found = [], [], [], set()
     for word in folders:
         if word not in index:
             continue
@@ -49,6 +53,7 @@ def _scan(root: Path, class_names: list[str], name: str) -> Listing:
             relative = f"{word}/{path.name}"
             files.append(path)
             labels.append(index[word])
+            found.add(relative)
             split.append(
                 "test" if relative in testing else "validation" if relative in validation
                 else "train"
@@ -61,7 +66,27 @@ def _scan(root: Path, class_names: list[str], name: str) -> Listing:
         class_names=list(class_names),
         split=np.array(split),
         metadata_files=[validation_file, testing_file],
+        excluded=_missing_entries(
+            {testing_file.name: testing, validation_file.name: validation}, found, index
+        ),
     )
+
+
+def _missing_entries(
+    lists: dict[str, set[str]], found: set[str], words: dict[str, int]
+) -> list[tuple[str, str]]:
+    """``(path, reason)`` for every list entry of this dataset's words without its file.
+
+    Entries of words the dataset leaves out (SC-10 keeps the digits only) are not its
+    clips, so their absence is not reported. An entry in both lists is reported once, for
+    the list that decides its split (testing wins, as in the scan).
+    """
+    missing: dict[str, str] = {}
+    for list_name, entries in lists.items():
+        for entry in sorted(entries - found):
+            if entry.split("/", 1)[0] in words and entry not in missing:
+                missing[entry] = f"listed in {list_name} but missing"
+    return sorted(missing.items())
 
 
 def scan(root: Path, label_field: str | None) -> Listing:

@@ -6,8 +6,14 @@ Split schemes (``data.split_scheme``):
   subsets); for fold-based datasets, leave-one-fold-out with ``data.fold`` as the test
   fold (default: the last fold, which for ESC-50 is the paper's scheme).
 - ``quaclrs``: QUACLRS k-fold: test fold k, validation fold k-1 (fold 1 wraps around to
-  the last fold), train on the remaining folds.
+  the last fold), train on the remaining folds. FSDD has both a split and speaker folds:
+  ``official`` uses its split, ``quaclrs`` its folds.
 - ``esc50_paper``: ESC-50/ESC-10 as in CLAR: train on folds 1-4, test on fold 5.
+
+Fold numbers come from the dataset's declared folds (``DatasetSpec.num_folds``), never
+from the folds that happen to be in a cache: when every file of fold 10 failed to decode,
+"the last fold" is still 10, and a test or validation fold without clips is an error that
+points at the excluded files, rather than a run that silently tests on fold 9.
 
 Label fractions (CLAR Table 2: 100/20/10/1 %) hide labels of training clips (label -1)
 while keeping the clips in the training set for the contrastive loss. The choice is
@@ -91,13 +97,18 @@ def label_fraction_mask(
 
 
 def test_clip_mask(
-    split: np.ndarray | None, fold: np.ndarray | None, split_scheme: str, test_fold: int | None
+    split: np.ndarray | None,
+    fold: np.ndarray | None,
+    split_scheme: str,
+    test_fold: int | None,
+    num_folds: int | None = None,
 ) -> np.ndarray | None:
     """Which clips of a listing the test split of ``split_scheme`` takes (None: unknown).
 
     ``data.max_clips`` subsamples the other clips only: a smaller test split would make
     every score coarser (31 FSDD test clips score in steps of 3 %) without saving
-    training time.
+    training time. ``num_folds`` is the dataset's declared fold count, whose last fold is
+    the default test fold of ``official``; without it, the largest fold listed.
     """
     if split is not None and split_scheme == "official":
         return np.asarray(split) == "test"
@@ -106,8 +117,10 @@ def test_clip_mask(
     fold = np.asarray(fold)
     if split_scheme == "esc50_paper":
         return fold == 5
-    chosen = test_fold if test_fold is not None else (int(fold.max()) if fold.size else None)
-    return None if chosen is None else fold == chosen
+    if test_fold is not None:
+        return fold == test_fold
+    last = num_folds if num_folds is not None else (int(fold.max()) if fold.size else None)
+    return None if last is None else fold == last
 
 
 def kfold_quaclrs(
@@ -129,8 +142,46 @@ def kfold_quaclrs(
     return train, val, test
 
 
+def _declared_folds(cache: AudioCache) -> int:
+    """The dataset's fold count from its spec; the largest cached fold only for a dataset
+    whose spec declares none (a cache of a dataset no longer registered)."""
+    from core.data import DATASETS  # the package imports this module
+
+    spec = DATASETS.get(cache.dataset)
+    if spec is not None and spec.num_folds is not None:
+        return spec.num_folds
+    return int(cache.fold.max()) if cache.fold is not None and cache.fold.size else 0
+
+
+def _require_clips(cache: AudioCache, indices: np.ndarray, role: str, fold: int) -> None:
+    """A test or validation fold without clips is an error, not an empty evaluation."""
+    if indices.size:
+        return
+    path = getattr(cache, "path", None)  # preflight passes a listing, which has no folder
+    if path is None:
+        cause = (
+            "The scanned dataset lists none for it; check its metadata against the official archive"
+        )
+    else:
+        cause = (
+            f"Its files were most likely excluded from the cache as unreadable or missing "
+            f"(see the 'excluded' list of {path / 'manifest.json'}); restore them from the "
+            f"official archive"
+        )
+    raise DatasetError(
+        f"{cache.dataset}: the {role} fold {fold} has no clips. {cause}, or choose another "
+        f"data.fold"
+    )
+
+
 def _official(cache: AudioCache, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if cache.split is not None:
+        if cfg.fold is not None and cache.fold is not None:  # FSDD: a split and folds
+            raise DatasetError(
+                f"data.fold={cfg.fold} is set but split_scheme='official' on {cache.dataset!r} "
+                f"uses its official train/validation/test split, not its folds; remove "
+                f"data.fold, or set split_scheme='quaclrs' to test on fold {cfg.fold}"
+            )
         if cfg.fold is not None:
             raise DatasetError(
                 f"data.fold={cfg.fold} is set but {cache.dataset!r} has an official "
@@ -141,11 +192,12 @@ def _official(cache: AudioCache, cfg: DataConfig) -> tuple[np.ndarray, np.ndarra
         )  # type: ignore[return-value]
     if cache.fold is None:
         raise DatasetError(f"{cache.dataset!r} has neither an official split nor folds")
-    num_folds = int(cache.fold.max())
+    num_folds = _declared_folds(cache)
     test_fold = num_folds if cfg.fold is None else cfg.fold
     if not 1 <= test_fold <= num_folds:
         raise DatasetError(f"data.fold={test_fold} is out of range; valid: 1..{num_folds}")
     test = np.flatnonzero(cache.fold == test_fold)
+    _require_clips(cache, test, "test", test_fold)
     return np.flatnonzero(cache.fold != test_fold), np.array([], dtype=np.int64), test
 
 
@@ -160,11 +212,27 @@ def _esc50_paper(cache: AudioCache, cfg: DataConfig) -> tuple[np.ndarray, np.nda
             f"data.split_scheme='esc50_paper' always tests on fold 5 (data.fold={cfg.fold}); "
             f"use split_scheme='official' with data.fold to test on another fold"
         )
-    return (
-        np.flatnonzero(cache.fold <= 4),
-        np.array([], dtype=np.int64),
-        np.flatnonzero(cache.fold == 5),
-    )
+    test = np.flatnonzero(cache.fold == 5)
+    _require_clips(cache, test, "test", 5)
+    return np.flatnonzero(cache.fold <= 4), np.array([], dtype=np.int64), test
+
+
+def _quaclrs(cache: AudioCache, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if cache.fold is None:
+        from core.data import DATASETS
+
+        folded = ", ".join(sorted(name for name, spec in DATASETS.items() if spec.num_folds))
+        raise DatasetError(
+            f"data.split_scheme='quaclrs' needs a fold-based dataset ({folded}), not "
+            f"{cache.dataset!r}; use split_scheme='official'"
+        )
+    if cfg.fold is None:
+        raise DatasetError("data.split_scheme='quaclrs' needs data.fold (the test fold)")
+    num_folds = _declared_folds(cache)
+    train, val, test = kfold_quaclrs(cache.fold, cfg.fold, num_folds)
+    _require_clips(cache, test, "test", cfg.fold)
+    _require_clips(cache, val, "validation", num_folds if cfg.fold == 1 else cfg.fold - 1)
+    return train, val, test
 
 
 def make_split(cache: AudioCache, cfg: DataConfig, seed: int = 0) -> Split:
@@ -174,14 +242,7 @@ def make_split(cache: AudioCache, cfg: DataConfig, seed: int = 0) -> Split:
     elif cfg.split_scheme == "esc50_paper":
         train, val, test = _esc50_paper(cache, cfg)
     elif cfg.split_scheme == "quaclrs":
-        if cache.fold is None:
-            raise DatasetError(
-                f"data.split_scheme='quaclrs' needs a fold-based dataset (esc50, esc10, "
-                f"urbansound8k), not {cache.dataset!r}; use split_scheme='official'"
-            )
-        if cfg.fold is None:
-            raise DatasetError("data.split_scheme='quaclrs' needs data.fold (the test fold)")
-        train, val, test = kfold_quaclrs(cache.fold, cfg.fold)
+        train, val, test = _quaclrs(cache, cfg)
     else:  # the config's Literal makes this unreachable unless a scheme is added there
         raise DatasetError(
             f"unknown data.split_scheme {cfg.split_scheme!r}; valid: official, quaclrs, esc50_paper"
