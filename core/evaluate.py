@@ -4,12 +4,18 @@ The encoder is frozen and its features for the labelled training split and the t
 validation) splits are computed ONCE per evaluation; the evaluation head then trains for
 many epochs on those cached feature tensors, which costs a fraction of one training epoch.
 The head always sees ALL training labels, also when the encoder was trained on a label
-fraction, as in the paper.
+fraction, as in the paper. The head is CLAR's three-layer MLP or, for linear probing
+(QUACLRS Tables 5-8), one linear layer (``model.eval_head``).
+
+QUACLRS's backbone tables score the trained network's own classifier instead
+(``train.scored_classifier='own'``): :func:`evaluate_classifier` runs encoder and the
+method's head (:meth:`core.methods.base.Method.classify`) on the held-out splits, and
+trains no evaluation head. :func:`evaluate_method` picks one of the two.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +42,16 @@ class EvaluationResult:
     predictions: np.ndarray | None = None
 
     @property
+    def weighted_f1(self) -> float:
+        """Per-class F1 weighted by each class's support (true clips): on imbalanced test
+        folds it follows the frequent classes, where macro F1 weighs every class alike."""
+        support = np.asarray(self.confusion).sum(axis=1).astype(np.float64)
+        total = support.sum()
+        if not total:
+            return 0.0
+        return float(np.dot(np.asarray(self.per_class_f1, dtype=np.float64), support) / total)
+
+    @property
     def correct(self) -> np.ndarray | None:
         """Per-clip correctness (bool), or None when the predictions were not kept."""
         if self.targets is None or self.predictions is None:
@@ -54,7 +70,11 @@ class EvaluationResult:
     def metrics(self, prefix: str | None = None) -> dict[str, float]:
         """Flat scalar metrics for reporting (``test_top1``, ``test_macro_f1``, ...)."""
         prefix = f"{prefix or self.split}_"
-        flat = {f"{prefix}top1": self.top1, f"{prefix}macro_f1": self.macro_f1}
+        flat = {
+            f"{prefix}top1": self.top1,
+            f"{prefix}macro_f1": self.macro_f1,
+            f"{prefix}weighted_f1": self.weighted_f1,
+        }
         flat.update({f"{prefix}{key}": value for key, value in self.extra.items()})
         return flat
 
@@ -72,6 +92,7 @@ class EvaluationResult:
             lines.append(f"{name:<{width}}  {f1:6.3f}  {rec:6.3f}  {int(count):7d}")
         lines.append(f"{'top-1':<{width}}  {self.top1:6.3f}")
         lines.append(f"{'macro F1':<{width}}  {self.macro_f1:6.3f}")
+        lines.append(f"{'weighted F1':<{width}}  {self.weighted_f1:6.3f}")
         return "\n".join(lines)
 
 
@@ -84,7 +105,8 @@ def confusion_matrix(targets: np.ndarray, predictions: np.ndarray, num_classes: 
 def scores_from_confusion(
     confusion: np.ndarray, class_names: list[str], split: str = "test"
 ) -> EvaluationResult:
-    """Top-1, per-class F1 and macro F1 (mean over classes present in truth or prediction)."""
+    """Top-1, per-class F1, macro F1 (mean over classes present in truth or prediction)
+    and, through the result, weighted F1 (mean weighted by true support)."""
     true_positive = np.diag(confusion).astype(np.float64)
     predicted = confusion.sum(axis=0).astype(np.float64)
     actual = confusion.sum(axis=1).astype(np.float64)
@@ -161,6 +183,28 @@ def predict(head: nn.Module, features: torch.Tensor, batch_size: int = 1024) -> 
     return torch.cat(outputs).cpu().numpy() if outputs else np.zeros(0, dtype=np.int64)
 
 
+def _held_out(split: Any, splits: Sequence[str]) -> dict[str, np.ndarray]:
+    """Sorted cache rows of each requested held-out split that has clips (``test`` always
+    has; ``val`` only under a split scheme with a validation fold)."""
+    known = {"test", "val"}
+    unknown = sorted(set(splits) - known)
+    if unknown:
+        raise ValueError(f"cannot score split(s) {unknown}; valid: {sorted(known)}")
+    rows = {name: np.sort(getattr(split, name)) for name in splits}
+    return {name: idx for name, idx in rows.items() if name == "test" or len(idx)}
+
+
+def _scored(name: str, rows: np.ndarray, predictions: np.ndarray, cache: Any) -> EvaluationResult:
+    """The result of ``predictions`` for the sorted cache ``rows`` of split ``name``, with
+    the per-clip predictions kept (intervals and McNemar's test are built from them)."""
+    targets = cache.labels[rows]
+    confusion = confusion_matrix(targets, predictions, len(cache.class_names))
+    result = scores_from_confusion(confusion, cache.class_names, split=name)
+    result.rows = rows
+    result.targets, result.predictions = targets.astype(np.int64), predictions.astype(np.int64)
+    return result
+
+
 def evaluate_encoder(
     encoder: nn.Module,
     frontend: nn.Module,
@@ -168,15 +212,18 @@ def evaluate_encoder(
     split: Any,
     cfg: Any,
     device: torch.device,
+    splits: Sequence[str] = ("test", "val"),
 ) -> dict[str, EvaluationResult]:
-    """Freeze ``encoder``, cache features of the train/val/test splits once, train the
-    evaluation head on ALL training labels and score each held-out split.
+    """Freeze ``encoder``, cache features of the train and held-out splits once, train the
+    evaluation head (``model.eval_head``) on ALL training labels and score each of
+    ``splits`` that has clips (``("val",)`` alone: the per-epoch check of early stopping).
 
     ``cache`` is a :class:`core.data.cache.AudioCache`, ``split`` a
     :class:`core.data.splits.Split` and ``cfg`` an :class:`core.config.ExperimentConfig`.
     """
-    from core.models.heads import EvaluationHead
+    from core.models.heads import build_evaluation_head
 
+    held_out = _held_out(split, splits)
     was_training = encoder.training
     encoder.eval()
     batch_size = cfg.train.eval_batch_size
@@ -189,9 +236,6 @@ def evaluate_encoder(
 
     try:
         train_features = features_of(split.train)
-        held_out = {"test": split.test}
-        if len(split.val):
-            held_out["val"] = split.val
         held_out_features = {name: features_of(idx) for name, idx in held_out.items()}
     finally:
         encoder.train(was_training)
@@ -204,7 +248,9 @@ def evaluate_encoder(
     num_classes = len(cache.class_names)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(cfg.train.seed)
-        head = EvaluationHead(train_features.shape[1], cfg.model.eval_hidden_dim, num_classes)
+        head = build_evaluation_head(
+            cfg.model.eval_head, train_features.shape[1], cfg.model.eval_hidden_dim, num_classes
+        )
         head = train_eval_head(
             head.to(device),
             (train_features - mean) / std,
@@ -214,14 +260,66 @@ def evaluate_encoder(
             batch_size=batch_size,
             seed=cfg.train.seed,
         )
-    results = {}
-    for name, features in held_out_features.items():
-        predictions = predict(head, (features - mean) / std)
-        targets = cache.labels[np.sort(held_out[name])]
-        confusion = confusion_matrix(targets, predictions, num_classes)
-        result = scores_from_confusion(confusion, cache.class_names, split=name)
-        result.rows = np.sort(held_out[name])
-        result.targets, result.predictions = targets.astype(np.int64), predictions.astype(np.int64)
-        results[name] = result
-    return results
+    return {
+        name: _scored(name, held_out[name], predict(head, (features - mean) / std), cache)
+        for name, features in held_out_features.items()
+    }
 
+
+@torch.no_grad()
+def evaluate_classifier(
+    method: nn.Module,
+    frontend: nn.Module,
+    cache: Any,
+    split: Any,
+    cfg: Any,
+    device: torch.device,
+    splits: Sequence[str] = ("test", "val"),
+) -> dict[str, EvaluationResult]:
+    """Score the trained network's own classifier (encoder + the method's head, in eval
+    mode) on each of ``splits`` that has clips; no evaluation head is trained, so this is
+    one forward pass per held-out clip (cheap enough for every epoch's validation check).
+
+    ``method`` is a :class:`core.methods.base.Method` whose ``classify`` gives logits.
+    """
+    held_out = _held_out(split, splits)
+
+    def predicted_classes(waves: torch.Tensor) -> torch.Tensor:
+        logits = method.classify(method.encoder(frontend(waves)))
+        if logits is None:
+            raise ValueError(
+                f"train.scored_classifier='own' needs a classifier, but method "
+                f"{type(method).__name__} has none; set train.scored_classifier='evaluation_head'"
+            )
+        return logits.argmax(dim=1)
+
+    batch_size = cfg.train.eval_batch_size
+    was_training = method.training
+    method.eval()
+    try:
+        predicted = {
+            name: extract_features(predicted_classes, cache.batch, rows, batch_size, device)
+            for name, rows in held_out.items()
+        }
+    finally:
+        method.train(was_training)
+    return {
+        name: _scored(name, held_out[name], classes.long().cpu().numpy(), cache)
+        for name, classes in predicted.items()
+    }
+
+
+def evaluate_method(
+    method: nn.Module,
+    frontend: nn.Module,
+    cache: Any,
+    split: Any,
+    cfg: Any,
+    device: torch.device,
+    splits: Sequence[str] = ("test", "val"),
+) -> dict[str, EvaluationResult]:
+    """The scores ``train.scored_classifier`` asks for: the evaluation head on the frozen
+    encoder (CLAR) or the network's own classifier (QUACLRS's backbone tables)."""
+    if cfg.train.scored_classifier == "own":
+        return evaluate_classifier(method, frontend, cache, split, cfg, device, splits)
+    return evaluate_encoder(method.encoder, frontend, cache, split, cfg, device, splits)

@@ -18,6 +18,12 @@ setting           n_fft    hop    bins      mels     notes
 
 Log power is ``10 log10(max(|S|^2, log_floor))`` (CLAR Eq. 2) for both the STFT magnitude
 and the mel spectrogram (a mel spectrogram is already a power, so it is not squared again).
+
+QUACLRS hands its torchvision backbones the log-mel spectrogram as a 224x224 RGB image:
+with ``setting: quaclrs`` the ``mel`` front end resizes the map bilinearly to
+``image_size`` x ``image_size`` and, with ``imagenet_norm``, min-max scales each clip's map
+to [0, 1] and applies ImageNet's per-channel mean and std (both on by default there; any 2D
+front end accepts them). The setting is defined at 48 kHz only (:func:`check_frontend_rate`).
 """
 
 from __future__ import annotations
@@ -34,6 +40,10 @@ from torch import Tensor
 
 from core.config import FrontendConfig
 from core.registry import FRONTENDS
+
+# torchvision's ImageNet statistics, per RGB channel, for inputs scaled to [0, 1].
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 SETTINGS: dict[str, dict[str, Any]] = {
     "paper": {
@@ -67,6 +77,16 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "bin_scale": "log",
     },
 }
+
+
+def check_frontend_rate(cfg: FrontendConfig, sample_rate: int) -> None:
+    """Refuse a front-end setting at a sample rate it is not defined for (QUACLRS: 48 kHz).
+
+    Cheap and torch-free (it defers to :meth:`FrontendConfig.check_sample_rate`), so the
+    experiment config can run it when it is validated; :func:`build_frontend` runs it too.
+    Raises ValueError naming ``data.sample_rate`` and the fix.
+    """
+    cfg.check_sample_rate(sample_rate)
 
 
 def resolve_setting(cfg: FrontendConfig, sample_rate: int) -> dict[str, Any]:
@@ -125,35 +145,78 @@ def log_power(power: Tensor, floor: float) -> Tensor:
 
 
 class FrontEnd(torch.nn.Module):
-    """Base: shape checks, float32 maths under autocast, optional per-frequency norm.
+    """Base: shape checks, float32 maths under autocast, optional per-frequency norm, and
+    the optional image step (resize, ImageNet normalisation) last.
 
     ``out_channels`` is what the encoder's first layer must accept. With ``normalize``,
     :meth:`fit_normalization` must be called on training-split batches first; its per
-    (channel, frequency) mean and std are buffers, saved with the model's state dict.
+    (channel, frequency) mean and std are buffers, saved with the model's state dict. They
+    are measured on the map before the image step, whose size no longer has frequency rows.
     """
 
     out_channels: int = 1
 
-    def __init__(self, normalize: bool = False, bins: int = 0):
+    def __init__(
+        self,
+        normalize: bool = False,
+        bins: int = 0,
+        image_size: int | None = None,
+        imagenet_norm: bool = False,
+    ):
         super().__init__()
+        if imagenet_norm and self.out_channels != len(IMAGENET_MEAN):
+            raise ValueError(
+                f"frontend.imagenet_norm=true needs 3 channels, this front end gives "
+                f"{self.out_channels}; set frontend.channels=3 or frontend.imagenet_norm=false"
+            )
         self.normalize = normalize
+        self.image_size = image_size
+        self.imagenet_norm = imagenet_norm
         self.register_buffer("norm_mean", torch.zeros(self.out_channels, max(bins, 1), 1))
         self.register_buffer("norm_std", torch.ones(self.out_channels, max(bins, 1), 1))
         self.register_buffer("norm_fitted", torch.tensor(False))
+        # Constants, not state: left out of the state dict so older checkpoints still load.
+        self.register_buffer(
+            "imagenet_mean", torch.tensor(IMAGENET_MEAN)[:, None, None], persistent=False
+        )
+        self.register_buffer(
+            "imagenet_std", torch.tensor(IMAGENET_STD)[:, None, None], persistent=False
+        )
 
     def features(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def forward(self, x: Tensor) -> Tensor:
+    def _spectrogram(self, x: Tensor) -> Tensor:
+        """The map ``(B, C, F, frames)`` in float32, before normalisation and the image."""
         if x.dim() == 3 and x.shape[1] == 1:
             x = x[:, 0]
         if x.dim() != 2:
             raise ValueError(
                 f"{type(self).__name__} expects audio (B, T) or (B, 1, T), got {tuple(x.shape)}"
             )
+        return self.features(x.float())
+
+    def to_image(self, maps: Tensor) -> Tensor:
+        """Resize to ``image_size`` squared and apply ImageNet's normalisation, if asked.
+
+        The resize antialiases like torchvision's ``Resize`` (QUACLRS's inputs are 224x224
+        spectrogram images). ImageNet's mean and std are for RGB values in [0, 1], so each clip's
+        channel is first min-max scaled to [0, 1], as an image written from the map is; a
+        constant map (silence) becomes 0 rather than a division by zero.
+        """
+        if self.image_size:
+            size = (self.image_size, self.image_size)
+            maps = F.interpolate(maps, size=size, mode="bilinear", antialias=True)
+        if self.imagenet_norm:
+            low = maps.amin(dim=(2, 3), keepdim=True)
+            span = (maps.amax(dim=(2, 3), keepdim=True) - low).clamp_min(1e-8)
+            maps = ((maps - low) / span - self.imagenet_mean) / self.imagenet_std
+        return maps
+
+    def forward(self, x: Tensor) -> Tensor:
         # Log powers of tiny values lose everything in half precision: compute in float32.
         with torch.autocast(device_type=x.device.type, enabled=False):
-            out = self.features(x.float())
+            out = self._spectrogram(x)
             if self.normalize:
                 if not bool(self.norm_fitted):
                     raise RuntimeError(
@@ -161,6 +224,7 @@ class FrontEnd(torch.nn.Module):
                         "fit_normalization() on training-split batches first"
                     )
                 out = (out - self.norm_mean) / self.norm_std
+            out = self.to_image(out)
         return out
 
     @torch.no_grad()
@@ -171,17 +235,14 @@ class FrontEnd(torch.nn.Module):
         """
         total = squares = None
         count = 0
-        normalize, self.normalize = self.normalize, False
-        try:
-            for batch in batches:
-                feats = self(batch).double()  # (B, C, F, frames)
-                part_sum = feats.sum(dim=(0, 3))
-                part_sq = feats.pow(2).sum(dim=(0, 3))
-                total = part_sum if total is None else total + part_sum
-                squares = part_sq if squares is None else squares + part_sq
-                count += feats.shape[0] * feats.shape[3]
-        finally:
-            self.normalize = normalize
+        for batch in batches:
+            with torch.autocast(device_type=batch.device.type, enabled=False):
+                feats = self._spectrogram(batch).double()  # (B, C, F, frames)
+            part_sum = feats.sum(dim=(0, 3))
+            part_sq = feats.pow(2).sum(dim=(0, 3))
+            total = part_sum if total is None else total + part_sum
+            squares = part_sq if squares is None else squares + part_sq
+            count += feats.shape[0] * feats.shape[3]
         if total is None or count == 0:
             raise ValueError("fit_normalization got no batches: pass the training split")
         mean = total / count
@@ -315,7 +376,9 @@ class STFT3(FrontEnd):
                 f"stft3 stacks STFT bins and mels as channels, so frontend.n_bins "
                 f"({params['n_bins']}) must equal frontend.n_mels ({params['n_mels']})"
             )
-        super().__init__(cfg.normalize, params["n_mels"])
+        super().__init__(
+            cfg.normalize, params["n_mels"], cfg.resolved_image_size, cfg.resolved_imagenet_norm
+        )
         self.log_floor = cfg.log_floor
         n_fft = params["n_fft"]
         backend = cfg.stft_backend
@@ -349,13 +412,19 @@ class STFT3(FrontEnd):
 class LogMel(FrontEnd):
     """``mel``: log-power mel spectrogram (QUACLRS), 1 channel or the same one x3.
 
-    Three identical channels let an ImageNet-shaped backbone take it unchanged.
+    Three identical channels let an ImageNet-shaped backbone take it unchanged; with
+    ``setting: quaclrs`` they become QUACLRS's 224x224 ImageNet-normalised image.
     """
 
     def __init__(self, cfg: FrontendConfig, sample_rate: int):
         self.params = resolve_setting(cfg, sample_rate)
         self.out_channels = cfg.channels
-        super().__init__(cfg.normalize, self.params["n_mels"])
+        super().__init__(
+            cfg.normalize,
+            self.params["n_mels"],
+            cfg.resolved_image_size,
+            cfg.resolved_imagenet_norm,
+        )
         self.log_floor = cfg.log_floor
         n_fft = self.params["n_fft"]
         self.linear = _STFT(self.params, sample_rate, n_fft // 2 + 1, "full", cfg.stft_backend)
@@ -383,4 +452,5 @@ def build_frontend(cfg: FrontendConfig, sample_rate: int) -> FrontEnd:
         raise ValueError(
             f"frontend.name={cfg.name!r} is unknown; valid: {', '.join(FRONTENDS.names())}"
         )
+    check_frontend_rate(cfg, sample_rate)
     return FRONTENDS[cfg.name](cfg, sample_rate)

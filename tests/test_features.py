@@ -12,7 +12,7 @@ import soxr
 import torch
 
 from core.config import ConfigError, ExperimentConfig, FrontendConfig
-from core.features import FRONTENDS, build_frontend
+from core.features import FRONTENDS, build_frontend, check_frontend_rate
 
 SR = 16_000
 
@@ -103,7 +103,10 @@ def test_stft3_mel_channel_matches_librosa(speech16k: torch.Tensor):
 def test_quaclrs_log_mel_at_48k_matches_librosa(speech16k: torch.Tensor):
     clips48 = torch.tensor(np.stack([soxr.resample(c, SR, 48_000) for c in speech16k.numpy()]))
     for channels in (1, 3):
-        cfg = FrontendConfig(name="mel", setting="quaclrs", channels=channels)
+        # The spectrogram itself: no 224x224 image, no ImageNet statistics.
+        cfg = FrontendConfig(
+            name="mel", setting="quaclrs", channels=channels, image_size=0, imagenet_norm=False
+        )
         frontend = build_frontend(cfg, 48_000)
         out = frontend(clips48[:2])
         assert frontend.out_channels == channels and out.shape[:3] == (2, channels, 128)
@@ -167,7 +170,7 @@ def test_bad_frontend_settings_are_explained():
     with pytest.raises(ValueError, match="n_bins .* must equal .*n_mels"):
         build_frontend(FrontendConfig(name="stft3", n_mels=64), SR)
     with pytest.raises(ValueError, match="fmax"):
-        build_frontend(FrontendConfig(name="mel", setting="quaclrs"), 8_000)
+        build_frontend(FrontendConfig(name="mel", setting="authors_code"), 8_000)
     with pytest.raises(ValueError, match="shorter than the reflect padding"):
         build_frontend(FrontendConfig(name="mel", setting="quaclrs"), 48_000)(torch.zeros(1, 500))
     with pytest.raises(ConfigError, match="frontend.name"):
@@ -178,10 +181,84 @@ def test_bad_frontend_settings_are_explained():
 def test_frames_without_full_padding_equal_reflect_padded_frames(n_fft: int, hop: int):
     """The FFT path reflect-pads only the edge frames; every frame must equal the one cut
     from the fully padded clip, for clip lengths around the frame and hop boundaries."""
-    cfg = FrontendConfig(name="mel", setting="quaclrs", n_fft=n_fft, hop_length=hop, fmax=4e3)
+    cfg = FrontendConfig(name="mel", setting="authors_code", n_fft=n_fft, hop_length=hop, fmax=4e3)
     stft = build_frontend(cfg, SR).linear
     for length in (n_fft // 2 + 1, n_fft, n_fft + 7, 3000, 16000, 16001):
         x = torch.randn(3, length)
         padded = torch.nn.functional.pad(x[:, None], (stft.pad, stft.pad), mode="reflect")
         reference = padded[:, 0].unfold(-1, n_fft, hop) * stft.window
         assert torch.equal(stft.windowed_frames(x), reference), f"length {length}"
+
+
+def test_quaclrs_mel_is_a_224_imagenet_normalised_rgb_image(speech16k: torch.Tensor):
+    """QUACLRS's input: the log-mel at 48 kHz, resized to 224x224, three channels, each
+    clip min-max scaled to [0, 1] and then normalised by ImageNet's per-channel statistics."""
+    clips48 = torch.tensor(np.stack([soxr.resample(c, SR, 48_000) for c in speech16k.numpy()]))
+    cfg = FrontendConfig(name="mel", setting="quaclrs")
+    assert (cfg.resolved_image_size, cfg.resolved_imagenet_norm) == (224, True)
+    frontend = build_frontend(cfg, 48_000)
+    out = frontend(clips48)
+    assert frontend.out_channels == 3 and out.shape == (4, 3, 224, 224)
+
+    mean = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
+    std = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    unit = out * std + mean  # undo ImageNet's statistics: back to the [0, 1] image
+    torch.testing.assert_close(unit.amin(dim=(2, 3)), torch.zeros(4, 3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(unit.amax(dim=(2, 3)), torch.ones(4, 3), atol=1e-5, rtol=0)
+    # The three channels hold one image, each with its own channel's mean and std.
+    torch.testing.assert_close(unit[:, 0], unit[:, 2], atol=1e-5, rtol=0)
+    assert not torch.allclose(out[:, 0], out[:, 2], atol=1e-2)
+
+    # Against the plain log-mel resized by hand.
+    plain = build_frontend(
+        FrontendConfig(name="mel", setting="quaclrs", image_size=0, imagenet_norm=False), 48_000
+    )(clips48)
+    assert plain.shape[2] == 128 and plain.shape[3] != 224
+    resized = torch.nn.functional.interpolate(
+        plain, size=(224, 224), mode="bilinear", antialias=True
+    )
+    low = resized.amin(dim=(2, 3), keepdim=True)
+    expected = ((resized - low) / (resized.amax(dim=(2, 3), keepdim=True) - low) - mean) / std
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_image_options_can_be_set_or_switched_off_explicitly(speech16k: torch.Tensor):
+    resized_only = FrontendConfig(name="stft3", image_size=64)
+    assert (resized_only.resolved_image_size, resized_only.resolved_imagenet_norm) == (64, False)
+    out = build_frontend(resized_only, SR)(speech16k)
+    assert out.shape == (4, 3, 64, 64) and out.amin() < -10  # dB values, not normalised
+    quaclrs_off = FrontendConfig(name="mel", setting="quaclrs", image_size=0)
+    assert quaclrs_off.resolved_image_size is None and quaclrs_off.resolved_imagenet_norm
+    # Switching the setting after validation brings the setting's image along.
+    experiment = ExperimentConfig().with_overrides(
+        {"frontend.name": "mel", "frontend.setting": "quaclrs", "data.sample_rate": 48_000}
+    )
+    assert experiment.frontend.resolved_image_size == 224
+    # Per-frequency normalisation is fitted on the map before it becomes an image.
+    normalised = build_frontend(FrontendConfig(name="stft3", normalize=True, image_size=32), SR)
+    normalised.fit_normalization([speech16k])
+    assert normalised.norm_mean.shape == (3, 128, 1)
+    assert normalised(speech16k).shape == (4, 3, 32, 32)
+
+
+def test_bad_image_options_are_explained():
+    with pytest.raises(ValueError, match=r"imagenet_norm=true .* frontend.channels=1"):
+        FrontendConfig(name="mel", channels=1, imagenet_norm=True)
+    with pytest.raises(ValueError, match="raw1d"):
+        FrontendConfig(name="raw1d", image_size=224)
+    with pytest.raises(ConfigError, match="frontend.image_size"):
+        ExperimentConfig.from_dict({"frontend": {"image_size": -1}})
+
+
+def test_quaclrs_setting_is_refused_away_from_48k():
+    cfg = FrontendConfig(name="mel", setting="quaclrs")
+    for rate in (16_000, 8_000, 44_100):
+        with pytest.raises(
+            ValueError, match=f"data.sample_rate={rate}; set data.sample_rate=48000"
+        ):
+            build_frontend(cfg, rate)
+    with pytest.raises(ValueError, match="QUACLRS resamples every clip to 48000 Hz"):
+        check_frontend_rate(FrontendConfig(name="stft3", setting="quaclrs"), 16_000)
+    check_frontend_rate(cfg, 48_000)
+    check_frontend_rate(FrontendConfig(name="mel", setting="paper"), 16_000)
+    check_frontend_rate(FrontendConfig(name="raw1d", setting="quaclrs"), 16_000)  # no setting

@@ -104,6 +104,19 @@ def test_heads_are_three_linear_layers_with_relu():
     assert evaluation(torch.randn(4, 512)).shape == (4, 10)
 
 
+def test_linear_evaluation_head_is_one_linear_layer():
+    from core.models.heads import build_evaluation_head
+
+    probe = build_evaluation_head(ModelConfig(eval_head="linear").eval_head, 512, 256, 10)
+    assert type(probe) is nn.Linear and (probe.in_features, probe.out_features) == (512, 10)
+    assert sum(1 for m in probe.modules() if isinstance(m, nn.Linear)) == 1
+    mlp = build_evaluation_head(ModelConfig().eval_head, 512, 256, 10)
+    assert isinstance(mlp, EvaluationHead)
+    assert sum(1 for m in mlp.modules() if isinstance(m, nn.Linear)) == 3
+    with pytest.raises(ConfigError, match="model.eval_head"):
+        ExperimentConfig.from_dict({"model": {"eval_head": "svm"}})
+
+
 def test_config_names_the_bad_encoder_and_incompatible_front_end():
     with pytest.raises(ConfigError, match="unknown encoder 'resnet50'; valid: alexnet"):
         ExperimentConfig.from_dict({"model": {"encoder": "resnet50"}})

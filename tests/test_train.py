@@ -332,3 +332,84 @@ def test_untrained_control_keeps_its_weights(
     assert measured == calibrate, "batch-norm statistics move only when calibrated"
     (run,) = runs_of(who)
     assert run.info.status == "FINISHED" and run.data.params["method.name"] == "untrained"
+
+
+def quaclrs_fsdd_config(
+    fsdd_root: Path, cache_dir: Path, store: Path, experiment: str, **sections: dict
+) -> tuple[ExperimentConfig, RunIdentity]:
+    """A 5-epoch trial on FSDD's speaker folds (test speaker 1, validation speaker 6) at
+    8 kHz, 200 training/validation clips, one step per epoch and tests every 10 epochs:
+    only per-epoch validation lets early stopping or the plateau schedule act in it."""
+    base: dict[str, dict] = {
+        "data": {"sample_rate": 8000, "max_clips": 200, "split_scheme": "quaclrs", "fold": 1},
+        "method": {"name": "supervised"},
+        "augment": {"pipeline": []},
+        "train": {"epochs": 5, "eval_every": 10, "max_steps_per_epoch": 1, "eval_epochs": 2},
+    }
+    for name, values in sections.items():
+        base[name] = {**base.get(name, {}), **values}
+    return small_config(fsdd_root, cache_dir, store, experiment, **base)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scored", ["own", "evaluation_head"])
+def test_early_stopping_and_plateau_act_every_epoch_between_test_evaluations(
+    scored, fsdd_root, cache_dir, mlflow_store, tmp_path, monkeypatch
+):
+    import core.train
+    from core.train import train
+
+    # The real evaluation runs every epoch; only its val_top1 is replaced by a script, so
+    # the stop and the learning-rate cuts fall on known epochs (a 38-clip validation
+    # speaker at one training step per epoch moves by chance).
+    script = iter([0.5, 0.6, 0.6, 0.55, 0.9])
+    scored_splits: list[tuple[str, ...]] = []
+    real_evaluate = core.train.evaluate_method
+
+    def scripted(*args, **kwargs):
+        results = real_evaluate(*args, **kwargs)
+        scored_splits.append(tuple(results))
+        if "val" in results:
+            results["val"].top1 = next(script)
+        return results
+
+    monkeypatch.setattr(core.train, "evaluate_method", scripted)
+    cfg, who = quaclrs_fsdd_config(
+        fsdd_root,
+        cache_dir,
+        mlflow_store,
+        tmp_path.name,
+        optim={"schedule": "plateau", "plateau_patience": 0, "plateau_factor": 0.5},
+        train={
+            "scored_classifier": scored,
+            "early_stopping_patience": 2,
+            "early_stopping_metric": "val_top1",
+        },
+    )
+    reports = KeepCheckpoints(tmp_path / "ckpt")
+    train(cfg, reports, who)
+
+    # Epochs 2 and 3 bring no new best: early stopping (patience 2, counted in epochs)
+    # ends the 5-epoch run after epoch 3, long before the first test at epoch 10.
+    assert [m["early_stopped"] for m in reports.metrics] == [0.0, 0.0, 0.0, 1.0]
+    assert [m["val_top1"] for m in reports.metrics] == [0.5, 0.6, 0.6, 0.55]
+    assert all("val_weighted_f1" in m for m in reports.metrics)
+    # Validation alone each epoch; the epoch that ended the trial was also tested.
+    assert scored_splits == [("val",)] * 4 + [("test",)]
+    assert ["test_top1" in m for m in reports.metrics] == [False, False, False, True]
+    assert 0.0 <= reports.metrics[-1]["test_top1"] <= 1.0
+    # The plateau schedule (patience 0) cut the rate after epoch 2's stall, in the run.
+    rates = [m["lr"] for m in reports.metrics]
+    assert rates == pytest.approx([1e-3, 1e-3, 1e-3, 5e-4])
+
+
+def test_a_watched_val_metric_without_a_validation_split_is_explained(
+    fsdd_root, cache_dir, mlflow_store, tmp_path
+):
+    from core.train import load_trial_data
+
+    cfg, _ = small_config(
+        fsdd_root, cache_dir, mlflow_store, tmp_path.name, train={"early_stopping_patience": 3}
+    )
+    with pytest.raises(ValueError, match=r"use data.split_scheme='quaclrs' .* early stopping"):
+        load_trial_data(cfg, progress=False)

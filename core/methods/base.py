@@ -83,6 +83,13 @@ class Method(nn.Module):
     def on_after_optimizer_step(self, progress: float) -> None:
         """Non-gradient updates after each optimizer step; ``progress`` in [0, 1]."""
 
+    def classify(self, features: Tensor) -> Tensor | None:
+        """Class logits ``(B, num_classes)`` of the method's own classifier for encoder
+        ``features``, or None for a method without one (contrastive heads predict no
+        classes). ``train.scored_classifier='own'`` scores this instead of an evaluation
+        head trained on the frozen encoder (QUACLRS's backbone tables)."""
+        return None
+
     def _weights(self) -> Tensor | None:
         return self.class_weights if self.use_class_weights else None
 

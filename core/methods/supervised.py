@@ -2,20 +2,32 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
+from torch import Tensor, nn
 
 from core import losses
 from core.methods.base import Method
+
+if TYPE_CHECKING:
+    from core.config import ExperimentConfig
 
 
 class Supervised(Method):
     """Cross-entropy on the projection head's output, which has one unit per class."""
 
-    def __init__(self, cfg, encoder, num_classes, class_weights=None):
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        encoder: nn.Module,
+        num_classes: int,
+        class_weights: Tensor | None = None,
+    ) -> None:
         super().__init__(cfg, encoder, num_classes, class_weights)
         self.head = self._projection_head(num_classes)
 
-    def forward(self, view1, view2, labels):
+    def forward(self, view1: Tensor, view2: Tensor, labels: Tensor) -> dict[str, Tensor]:
         logits = self.head(self.encoder(torch.cat([view1, view2])))
         both = torch.cat([labels, labels])
         ce, _ = losses.labelled_cross_entropy(logits, both, self._weights())
@@ -24,3 +36,7 @@ class Supervised(Method):
             correct = ((logits.argmax(1) == both) & labelled).sum()
             accuracy = correct / labelled.sum().clamp(min=1)
         return {"loss": ce, "ce": ce.detach(), "accuracy": accuracy.float()}
+
+    def classify(self, features: Tensor) -> Tensor:
+        """The trained head's logits: the classifier QUACLRS's backbone tables score."""
+        return self.head(features)

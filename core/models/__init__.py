@@ -47,10 +47,15 @@ def build_encoder(cfg: ModelConfig, in_channels: int) -> Encoder:
             f"{cfg.encoder!r} keeps torchvision's widths",
             stacklevel=2,
         )
+    pretrained = cfg.pretrained
+    if cfg.weights == "imagenet":
+        from core.imagenet import imagenet_checkpoint
+
+        pretrained = imagenet_checkpoint(cfg.encoder, cfg.weights_dir)
     return ENCODERS[cfg.encoder](
         width=cfg.width,
         in_channels=in_channels,
-        pretrained=cfg.pretrained,
+        pretrained=pretrained,
         authors_code=cfg.authors_code,
     )
 

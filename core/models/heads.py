@@ -2,7 +2,8 @@
 
 The projection head maps features to the space where the contrastive loss is applied;
 the evaluation head has the same architecture and is trained on the frozen encoder.
-Both are three fully connected layers with ReLU between them, as in the paper.
+Both are three fully connected layers with ReLU between them, as in the paper; the
+evaluation head can also be one linear layer (linear probing, QUACLRS).
 """
 
 from __future__ import annotations
@@ -70,3 +71,17 @@ class DINOHead(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.last_layer(F.normalize(self.mlp(x), dim=-1))
+
+
+def build_evaluation_head(kind: str, in_dim: int, hidden_dim: int, num_classes: int) -> nn.Module:
+    """The evaluation head named by ``model.eval_head``.
+
+    ``mlp`` is CLAR's three-layer head; ``linear`` a single ``nn.Linear``: the linear probe
+    of QUACLRS (Tables 5-8), which measures how linearly separable the frozen features are,
+    so a strong head cannot make up for a weak representation.
+    """
+    if kind == "mlp":
+        return EvaluationHead(in_dim, hidden_dim, num_classes)
+    if kind == "linear":
+        return nn.Linear(in_dim, num_classes)
+    raise ValueError(f"model.eval_head={kind!r} is unknown; valid: 'mlp', 'linear'")
