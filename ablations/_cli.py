@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -89,9 +89,7 @@ def build_parser(prog: str, description: str, search_space: str) -> AblationPars
     what.add_argument(
         "--epochs", type=int, help="training epochs per trial (default: the preset's)"
     )
-    what.add_argument(
-        "--seed", type=int, help="first training seed of every trial (default: 0)"
-    )
+    what.add_argument("--seed", type=int, help="first training seed of every trial (default: 0)")
     what.add_argument(
         "--seeds",
         type=int,
@@ -253,6 +251,18 @@ def build_parser(prog: str, description: str, search_space: str) -> AblationPars
         metavar="SECONDS",
         help="seconds between progress lines (default: 30)",
     )
+    control.add_argument(
+        "--scheduler",
+        choices=("fifo", "asha"),
+        default="fifo",
+        help="how trials are run (default: %(default)s). 'fifo': every trial runs its whole "
+        "budget. 'asha': successive halving: at the evaluation epochs train.eval_every, 2x, "
+        "4x ... that (before the last), a cell scoring below the median of the cells that "
+        "reached that epoch stops, so the worse half stops at each of them and the best "
+        "pairs come out for a fraction of the GPU-hours. The controls always run their whole "
+        "budget; the report marks the cells stopped early. Needs train.epochs > "
+        "train.eval_every (e.g. --set train.eval_every=5 with 20 epochs)",
+    )
     return parser
 
 
@@ -306,14 +316,51 @@ def request_from_args(
         report_only=args.report_only,
         command_line=shlex.join([f"{prog}.py", *argv]),
         progress_every_s=args.progress_every,
+        scheduler=None if args.scheduler == "fifo" else args.scheduler,
     )
 
 
-def run(parser: AblationParser, argv: Sequence[str] | None, axis_flags: Mapping[str, str]) -> int:
+def add_folds_flag(parser: AblationParser) -> None:
+    """``--folds``: which test folds of a folded dataset (QUACLRS k-fold) to run."""
+    parser.what.add_argument(
+        "--folds",
+        nargs="+",
+        type=_fold,
+        metavar="K",
+        help="test folds to run, or 'all' (the dataset's declared folds: UrbanSound8K 10, "
+        "ESC-50 5, FSDD 6 speaker folds); validation is the fold before the test fold",
+    )
+
+
+def _fold(text: str) -> int | str:
+    if text == "all":
+        return text
+    try:
+        fold = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"a fold is a number from 1 or 'all', got {text!r}"
+        ) from None
+    if fold < 1:
+        raise argparse.ArgumentTypeError(f"folds count from 1, got {fold}")
+    return fold
+
+
+Adjust = Callable[[argparse.Namespace, dict[str, list[Any]]], None]
+
+
+def run(
+    parser: AblationParser,
+    argv: Sequence[str] | None,
+    axis_flags: Mapping[str, str],
+    adjust: Adjust | None = None,
+) -> int:
     """Parse, run the sweep, and map the outcome to an exit code.
 
     ``axis_flags`` maps a flag's ``dest`` (``"augs"``) to the axis it restricts
-    (``"augment.pipeline"``).
+    (``"augment.pipeline"``). ``adjust(args, axis_values)`` lets a script turn its own
+    flags into axis selections (new cases, a preset-dependent default); it raises
+    :class:`~core.config.ConfigError` for bad input.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
@@ -322,6 +369,12 @@ def run(parser: AblationParser, argv: Sequence[str] | None, axis_flags: Mapping[
     axis_values = {
         axis: list(getattr(args, dest)) for dest, axis in axis_flags.items() if getattr(args, dest)
     }
+    if adjust is not None:
+        try:
+            adjust(args, axis_values)
+        except ConfigError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return EXIT_BAD_INPUT
     from core.sweep import run_sweep
 
     try:

@@ -48,6 +48,9 @@ class TrialRecord:
     controls: dict[str, str] = field(default_factory=dict)  # role -> control cell_id
     correct: np.ndarray | None = None  # per test clip, from the last evaluation
     history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    coords: dict[str, str] = field(default_factory=dict)  # axis name -> label
+    per_class_f1: dict[str, float] = field(default_factory=dict)  # class -> test F1
+    stopped_early: bool = False  # ended by the sweep's scheduler before its last epoch
 
     def __post_init__(self) -> None:
         self.cell_id = self.cell_id or self.trial_id

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -42,6 +43,7 @@ __all__ = ["FAILED", "FINISHED", "TrialRecord"]
 MEAN_FIRST = "mean (first)"
 MEAN_SECOND = "mean (second)"
 BELOW_MARK, BEST_MARK = "v", "*"  # terminal marks: below the control, within noise of best
+STOPPED_MARK = "s"  # stopped early by the scheduler (ASHA): its value is from an earlier rung
 
 
 @dataclass
@@ -61,6 +63,7 @@ class AugmentationMatrix:
     within_best: np.ndarray | None = None  # (n, n) bool: not distinguishable from the best
     below_control: np.ndarray | None = None  # (n, n) bool: below the untrained control
     controls: dict[str, Cell] = field(default_factory=dict)
+    stopped_early: np.ndarray | None = None  # (n, n) bool: ended early by the scheduler
 
     @property
     def best(self) -> tuple[str, str, float] | None:
@@ -99,10 +102,12 @@ def augmentation_matrix(
     half = np.full((size, size), np.nan)
     best = np.zeros((size, size), dtype=bool)
     below = np.zeros((size, size), dtype=bool)
+    stopped = np.zeros((size, size), dtype=bool)
     for record in records:
         if record.panel != panel or record.first not in index or record.second not in index:
             continue
         i, j = index[record.first], index[record.second]
+        stopped[i, j] = stopped[i, j] or record.stopped_early
         cell = cells[record.cell_id]
         status[i, j] = FINISHED if cell.finished else record.status
         if cell.finished:
@@ -126,6 +131,7 @@ def augmentation_matrix(
         within_best=best,
         below_control=below,
         controls=controls_of(cells, panel),
+        stopped_early=stopped,
     )
 
 
@@ -214,6 +220,8 @@ def write_heatmap_png(matrix: AugmentationMatrix, path: Path, title: str | None 
                 if inside and matrix.half_width is not None:
                     half = matrix.half_width[i, j] * scale
                     text += "" if math.isnan(half) else f"\n+-{half:.1f}"
+            if inside and matrix.stopped_early is not None and matrix.stopped_early[i, j]:
+                text += "\n(stopped)"
             if inside and matrix.below_control is not None and matrix.below_control[i, j]:
                 axes.add_patch(
                     plt.Rectangle((j - 0.45, i - 0.45), 0.9, 0.9, fill=False, color="red", lw=2)
@@ -384,6 +392,8 @@ def matrix_text(matrix: AugmentationMatrix) -> str:
                     mark = BEST_MARK
                 if inside and matrix.below_control is not None and matrix.below_control[i, j]:
                     mark = BELOW_MARK
+                if inside and matrix.stopped_early is not None and matrix.stopped_early[i, j]:
+                    mark = STOPPED_MARK
                 cells.append(f"{value * scale:6.1f}{mark}")
         lines.append(f"{name:>8} |" + "".join(cells))
     controls = _control_line(matrix, scale)
@@ -411,16 +421,25 @@ def write_report(
     metric: str = "test_top1",
     name: str = "aug_matrix",
     note: str | None = None,
+    table: Mapping[str, Any] | None = None,
 ) -> ReportFiles:
     """Write per panel the heatmap PNG + CSV (when there is a matrix), the cells with their
     intervals and controls (CSV), the curves (PNG), and the table of all trials; the
     summary says in words what is beyond noise. ``note`` heads the summary (e.g. that a
-    smoke-scale preset's cells are a pipeline check, not results)."""
+    smoke-scale preset's cells are a pipeline check, not results). ``table`` is a search
+    space's report section (:class:`core.sweep.space.ReportSpec` as a dict): the paper's
+    table (and figure) shape, written by :func:`write_paper_table`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     cells = gather_cells(records, metric)
     files: list[Path] = []
     matrices: dict[str, AugmentationMatrix] = {}
     parts: list[str] = []
+    if table:
+        table_files, table_text = write_paper_table(records, out_dir, table, metric, name)
+        files += table_files
+        parts.append(table_text)
+        parts.append(_verdicts(cells, metric))
+        panels = []  # the table replaces the per-panel matrices and their words
     for panel in panels:
         if codes:
             matrix = augmentation_matrix(records, codes, panel, metric, cells)
@@ -434,10 +453,13 @@ def write_report(
         parts.append(describe_panel(cells, panel, metric))
     files.append(write_cells_csv(cells, panels, out_dir / f"{name}_cells.csv"))
     if codes:
-        parts.append(
+        marks = (
             f"marks: {BEST_MARK} within noise of the best cell, {BELOW_MARK} below the "
             f"untrained control beyond noise"
         )
+        if any(record.stopped_early for record in records):
+            marks += f", {STOPPED_MARK} stopped early by the scheduler (value at its last rung)"
+        parts.append(marks)
     markdown = trials_markdown(records)
     (out_dir / "trials.md").write_text(markdown)
     files.append(out_dir / "trials.md")
@@ -453,6 +475,92 @@ def write_report(
     for record in failed:
         parts.append(f"failed {record.trial_id}: {record.error or 'see the Tune trial log'}")
     return ReportFiles(matrices=matrices, files=files, summary="\n\n".join(parts), cells=cells)
+
+
+def _verdicts(cells: Mapping[str, Cell], metric: str) -> str:
+    """How many cells sit above, below or within noise of their untrained control."""
+    scored = [c for c in cells.values() if c.role == "cell" and c.verdict]
+    if not scored:
+        return f"no cell could be compared with an untrained control on {metric}"
+    verdicts = [c.verdict for c in scored]
+    below = [c.cell_id for c in scored if c.verdict == BELOW]
+    line = (
+        f"against their untrained control ({metric}): {verdicts.count('above')} of "
+        f"{len(scored)} cells above it beyond noise, {len(below)} below it, "
+        f"{verdicts.count('within noise')} within noise of it"
+    )
+    if below:
+        line += f"\nbelow the untrained control: {', '.join(below[:12])}"
+        line += " ..." if len(below) > 12 else ""
+    return line
+
+
+def write_paper_table(
+    records: Sequence[TrialRecord],
+    out_dir: Path,
+    spec: Mapping[str, Any],
+    metric: str,
+    name: str,
+) -> tuple[list[Path], str]:
+    """The paper-shaped table(s) of a sweep: ``<name>_table.csv`` (one line per table
+    cell, with every value), ``<name>_table.md``, ``<name>_table.png``; per-class F1
+    (``<name>_per_class_f1.csv``/``.md``) and the curves figure (``<name>_curves.png``)
+    when the spec asks. Returns the files and the markdown for the terminal."""
+    from core import tables as paper_tables
+
+    built = paper_tables.build_tables(
+        records,
+        rows=spec.get("rows") or (),
+        columns=spec.get("columns"),
+        panels=spec.get("panels") or (),
+        metrics=spec.get("metrics") or (),
+        summary=spec.get("summary") or (),
+        wall_time=bool(spec.get("wall_time")),
+        metric=metric,
+    )
+    files: list[Path] = []
+    markdown = []
+    csv_path = out_dir / f"{name}_table.csv"
+    csv_path.unlink(missing_ok=True)
+    lines: list[str] = []
+    for table in built:
+        one = paper_tables.write_table_csv(table, out_dir / f".{name}_{len(lines)}.csv")
+        text = one.read_text().splitlines()
+        lines += text if not lines else text[1:]
+        one.unlink()
+        markdown.append(
+            paper_tables.table_markdown(table, title=table.panel if table.panel != "all" else "")
+        )
+    csv_path.write_text("\n".join(lines) + "\n")
+    files.append(csv_path)
+    if built:
+        files.append(paper_tables.write_table_png(built, out_dir / f"{name}_table.png", name))
+    if spec.get("per_class"):
+        classes, rows, means = paper_tables.per_class_table(records, spec.get("rows") or ())
+        if classes:
+            files.append(
+                paper_tables.write_per_class_csv(
+                    classes, rows, means, out_dir / f"{name}_per_class_f1.csv"
+                )
+            )
+            per_class = paper_tables.per_class_markdown(classes, rows, means)
+            (out_dir / f"{name}_per_class_f1.md").write_text(per_class)
+            files.append(out_dir / f"{name}_per_class_f1.md")
+            markdown.append("**test F1 per class**\n\n" + per_class)
+    curves = spec.get("curves") or {}
+    if curves:
+        figure = paper_tables.write_curves_figure(
+            records, curves["panels"], curves["lines"], metric, out_dir / f"{name}_curves.png"
+        )
+        if figure is not None:
+            files.append(figure)
+    text = "\n".join(markdown)
+    (out_dir / f"{name}_table.md").write_text(text)
+    files.append(out_dir / f"{name}_table.md")
+    legend = "values in % (mean +- 95 % interval over seeds and aggregated folds)"
+    if any(cell.stopped_early for table in built for cell in table.cells.values()):
+        legend += "; (s): stopped early by the scheduler"
+    return files, f"{text}\n{legend}"
 
 
 def log_report_to_run(tracking_uri: str, run_id: str, files: Iterable[Path]) -> None:

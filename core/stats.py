@@ -28,6 +28,8 @@ from scipy import stats as scipy_stats
 # The key under which a trial reports its per-clip test correctness to the sweep (text,
 # not a metric: MLflow gets the predictions as a CSV artifact instead).
 CORRECT_KEY = "test_correct"
+# The test F1 of every class, reported as JSON text (QUACLRS Table 4 needs it per trial).
+PER_CLASS_KEY = "test_per_class_f1"
 CONFIDENCE = 0.95
 ALPHA = 1 - CONFIDENCE
 BOOTSTRAP_RESAMPLES = 2000

@@ -14,6 +14,7 @@ This is the only module of ``core`` that imports ``ray.train``.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -31,19 +32,19 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from core.augment import build_signal_pipeline, build_spec_pipeline
+from core.augment import build_spec_pipeline, build_view_augment
 from core.config import ExperimentConfig
 from core.data import open_cache
 from core.data.cache import AudioCache
 from core.data.splits import Split, make_split
-from core.evaluate import EvaluationResult, evaluate_encoder
+from core.evaluate import EvaluationResult, evaluate_method
 from core.features import build_frontend
 from core.memory import keep_freed_pages
 from core.methods import build_method
 from core.models import build_encoder
 from core.models.norm import convert_for_distributed
 from core.optim import build_optimizer, build_scheduler
-from core.stats import CORRECT_KEY, encode_correct
+from core.stats import CORRECT_KEY, PER_CLASS_KEY, encode_correct
 
 if TYPE_CHECKING:
     from core.tracking import RunIdentity
@@ -340,7 +341,13 @@ class TrialData:
 
 
 def load_trial_data(cfg: ExperimentConfig, progress: bool) -> TrialData:
-    """Open the shared cache and split it; refuse a split too small for one batch."""
+    """Open the shared cache and split it; refuse a split too small for one batch, or
+    without the validation clips that early stopping or the plateau schedule watch.
+
+    The cross-section checks that need no data (front-end rate, scored classifier) run
+    first, so a bad config fails before a dataset is decoded."""
+    cfg.frontend.check_sample_rate(cfg.data.sample_rate)
+    cfg.train.check_method(cfg.method.name)
     cache = open_cache(cfg.data, progress=progress)
     split = make_split(cache, cfg.data, seed=cfg.train.seed)
     num_classes = len(cache.class_names)
@@ -357,8 +364,9 @@ def load_trial_data(cfg: ExperimentConfig, progress: bool) -> TrialData:
         raise ValueError(
             f"train.early_stopping_metric={watched!r} (watched by early stopping and the "
             f"plateau schedule) needs a validation split, and {cfg.data.dataset!r} with "
-            f"split_scheme={cfg.data.split_scheme!r} has none; use a test_ metric or another "
-            f"split scheme"
+            f"split_scheme={cfg.data.split_scheme!r} has none; use data.split_scheme='quaclrs' "
+            f"(it holds out a validation fold), or turn early stopping "
+            f"(train.early_stopping_patience=null) and the plateau schedule (optim.schedule) off"
         )
     return TrialData(cache, split, num_classes, class_counts)
 
@@ -377,12 +385,33 @@ def load_checkpoint(folder: Path) -> dict[str, Any]:
 # --- the loop -------------------------------------------------------------------------
 
 
+def _score(
+    model: nn.Module,
+    frontend: nn.Module,
+    data: TrialData,
+    cfg: ExperimentConfig,
+    device: torch.device,
+    splits: tuple[str, ...],
+    metrics: dict[str, float],
+) -> dict[str, EvaluationResult]:
+    """Score ``splits`` as ``train.scored_classifier`` asks and add their flat metrics
+    (``val_top1``, ``test_weighted_f1``, ...) to ``metrics``; nothing when ``splits`` is
+    empty. Rank 0 only: evaluation runs outside DDP."""
+    if not splits:
+        return {}
+    results = evaluate_method(_unwrap(model), frontend, data.cache, data.split, cfg, device, splits)
+    for result in results.values():
+        metrics.update(result.metrics())
+    return results
+
+
 def run_loop(
     cfg: ExperimentConfig, context: TrialContext, identity: RunIdentity | None = None
 ) -> dict[str, float]:
-    """Train one trial, evaluate it every ``train.eval_every`` epochs and at the end, report
-    every epoch, checkpoint every epoch, and log to MLflow from rank 0 as ``identity``
-    (default: a standalone run in ``./results``)."""
+    """Train one trial, evaluate it every ``train.eval_every`` epochs and at the end (the
+    validation split every epoch while early stopping or the plateau schedule watch a val_
+    metric), report every epoch, checkpoint every epoch, and log to MLflow from rank 0 as
+    ``identity`` (default: a standalone run in ``./results``)."""
     from core.tracking import RunIdentity, TrialRun
 
     identity = identity or RunIdentity()
@@ -396,7 +425,7 @@ def run_loop(
     data = load_trial_data(cfg, progress=is_main)
     sample_rate = cfg.data.sample_rate
     frontend = build_frontend(cfg.frontend, sample_rate).to(device)
-    signal_augment = build_signal_pipeline(cfg.augment, sample_rate).to(device)
+    signal_augment = build_view_augment(cfg.augment, sample_rate).to(device)
     spec_augment = build_spec_pipeline(cfg.augment).to(device)
     encoder = build_encoder(cfg.model, in_channels=frontend.out_channels)
     method = build_method(cfg, encoder, data.num_classes, data.class_counts)
@@ -421,6 +450,8 @@ def run_loop(
 
     start_epoch, run_id = 0, None
     stopper = EarlyStopping(cfg.train.early_stopping_patience)
+    watched_name = cfg.train.early_stopping_metric
+    watching = bool(cfg.train.early_stopping_patience) or cfg.optim.schedule == "plateau"
     restore_dir = context.latest_checkpoint_dir()
     if restore_dir is not None:
         state = load_checkpoint(restore_dir)
@@ -470,22 +501,41 @@ def run_loop(
                 context,
             )
             last = epoch == epochs - 1
+            full_evaluation = (epoch + 1) % cfg.train.eval_every == 0 or last
+            # Early stopping and the plateau schedule see their value EVERY epoch (a 5-epoch
+            # QUACLRS run with eval_every=10 must still be able to stop): a val_ metric costs
+            # a validation pass each epoch; the test split keeps the eval_every pace.
+            if full_evaluation:
+                splits: tuple[str, ...] = ("test", "val")
+            elif watching and watched_name.startswith("val_"):
+                splits = ("val",)
+            else:
+                splits = ()
             evaluation: dict[str, EvaluationResult] = {}
             watched = None
-            if (epoch + 1) % cfg.train.eval_every == 0 or last:
-                if is_main:
-                    evaluation = evaluate_encoder(
-                        _unwrap(model).encoder, frontend, data.cache, data.split, cfg, device
-                    )
-                    for result in evaluation.values():
-                        metrics.update(result.metrics())
-                    watched = metrics.get(cfg.train.early_stopping_metric)
+            if is_main:
+                evaluation = _score(model, frontend, data, cfg, device, splits, metrics)
+                watched = metrics.get(watched_name)
+            if watching:
                 # Every rank must take the same stop and learning-rate decisions.
                 watched = _broadcast_from_main(watched, world, device)
-            stop = stopper.update(watched, epochs_elapsed=cfg.train.eval_every)
+                if watched is None:
+                    raise ValueError(
+                        f"train.early_stopping_metric={watched_name!r} (watched by early "
+                        f"stopping and the plateau schedule) is not among this epoch's "
+                        f"metrics; use a val_ metric (val_top1, val_macro_f1, "
+                        f"val_weighted_f1) or one of: {', '.join(sorted(metrics))}"
+                    )
+            stop = stopper.update(watched, epochs_elapsed=1)
             metrics["early_stopped"] = float(stop)
-            if watched is not None or cfg.optim.schedule != "plateau":
-                scheduler.step_epoch(watched)
+            if stop and not full_evaluation:
+                # The trial ends here: it still reports the test scores of what it trained.
+                if is_main:
+                    evaluation.update(
+                        _score(model, frontend, data, cfg, device, ("test",), metrics)
+                    )
+                full_evaluation = True
+            scheduler.step_epoch(watched)
 
             checkpoint_dir = None
             if is_main:
@@ -506,7 +556,8 @@ def run_loop(
                     },
                 )
                 tracker.log_metrics(metrics, step=epoch)
-                if evaluation:
+                if full_evaluation and evaluation:
+                    # Artifacts at the test pace only, not for every epoch's validation check.
                     tracker.log_evaluation(
                         evaluation.get("test") or next(iter(evaluation.values()))
                     )
@@ -516,6 +567,11 @@ def run_loop(
                 # Per-clip correctness for intervals over test clips and McNemar's test in
                 # the sweep report (text, not a metric: MLflow gets the predictions CSV).
                 reported[CORRECT_KEY] = encode_correct(test_result.correct)
+            if test_result is not None:
+                # Text beside the metrics, for per-class tables (QUACLRS Table 4).
+                reported[PER_CLASS_KEY] = json.dumps(
+                    dict(zip(test_result.class_names, test_result.per_class_f1, strict=True))
+                )
             context.report(reported, checkpoint_dir)
             if checkpoint_dir is not None:
                 shutil.rmtree(checkpoint_dir, ignore_errors=True)
@@ -525,6 +581,13 @@ def run_loop(
     except KeyboardInterrupt:
         if tracker:
             tracker.finish("KILLED", error="interrupted")
+        raise
+    except SystemExit:
+        # Tune stopped the trial at a report (ASHA's successive halving): it ended early,
+        # it did not fail; its last evaluation stands.
+        if tracker:
+            tracker.client.set_tag(tracker.run_id, "clarlab.stopped_early", "true")
+            tracker.finish("FINISHED")
         raise
     except BaseException as error:
         if tracker:

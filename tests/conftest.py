@@ -44,3 +44,18 @@ def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One SQLite MLflow store for the session: creating its schema takes seconds, so tests
     share it and keep apart by experiment name."""
     return tmp_path_factory.mktemp("mlflow-store")
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """One real local Ray cluster (2 CPUs) per test module; trials run in its workers."""
+    import ray
+
+    from core.sweep import init_ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    init_ray(num_cpus=2)
+    try:
+        yield ray.cluster_resources()
+    finally:
+        ray.shutdown()

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from core.report import read_matrix_csv
-from core.sweep import TRIAL_ENV, SweepRequest, init_ray, run_sweep
+from core.sweep import TRIAL_ENV, SweepRequest, run_sweep
 from core.tracking import find_trial_runs, tracking_client
 
 pytestmark = pytest.mark.slow
@@ -45,19 +45,6 @@ def _tiny(fsdd_root: Path, cache_dir: Path) -> dict[str, Any]:
         "train.max_steps_per_epoch": 1,
         "train.eval_epochs": 1,
     }
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    """One real local Ray cluster (2 CPUs) for the module; trials run in its workers."""
-    import ray
-
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    init_ray(num_cpus=2)
-    try:
-        yield ray.cluster_resources()
-    finally:
-        ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -21,31 +21,34 @@ from typing import Any
 
 from core.config import ExperimentConfig
 from core.dotted import get_dotted
-from core.sweep.space import SUPERVISED, UNTRAINED, SearchSpace, Trial
+from core.sweep.space import SUPERVISED, UNTRAINED, Axis, SearchSpace, Trial, label_of
 
 
-def _control_config(
-    cell: Trial, role: str, matrix_default: tuple[str, Any] | None
-) -> ExperimentConfig:
-    """The control of ``role`` for ``cell``: the cell's config with the method replaced.
+def _control_changes(
+    cell: Trial, role: str, swept_augment: dict[str, Any]
+) -> dict[str, Any]:
+    """What turns ``cell`` into its control of ``role`` (dotted fields).
 
     The untrained control ignores augmentations and labels (its evaluation head sees all
     labels, as every cell's does); the supervised reference keeps the cell's label
-    fraction and the sweep's own augmentations (not the swept matrix value).
+    fraction and the sweep's own augmentations (not a swept augmentation). Neither uses a
+    projection head's output size, so controls of cells that differ only in it are one.
     """
+    defaults = ExperimentConfig()
+    changes: dict[str, Any] = {"model.proj_dim": defaults.model.proj_dim}
     if role == UNTRAINED:
-        changes: dict[str, Any] = {
+        changes |= {
             "method.name": UNTRAINED,
             "augment.pipeline": [],
             "augment.spec_pipeline": [],
             "data.label_fraction": 1.0,
             "train.labelled_per_batch": None,
         }
+        if "scored_classifier" in type(defaults.train).model_fields:
+            changes["train.scored_classifier"] = "evaluation_head"  # it has no classifier
     else:
-        changes = {"method.name": SUPERVISED}
-        if matrix_default is not None:
-            changes[matrix_default[0]] = matrix_default[1]
-    return cell.config.with_overrides(changes, source=f"{role} control of {cell.trial_id}")
+        changes |= {"method.name": SUPERVISED, **swept_augment}
+    return changes
 
 
 def add_controls(
@@ -54,13 +57,18 @@ def add_controls(
     """``cells`` followed by their controls; each cell names its controls.
 
     ``lower`` is the sweep's layered config without the grid cells (preset, base,
-    ``--set``): where the supervised reference takes the matrix field's value from.
+    ``--set``): where the supervised reference takes a swept augmentation field's value
+    from. A control is named after the axes it still depends on (``fold3-untrained``,
+    ``stft3-supervised``), and shared by every cell whose control config is the same.
     """
-    matrix = space.matrix_axis
-    matrix_default = None
-    if matrix is not None:
-        default = get_dotted(ExperimentConfig().model_dump(), matrix.field)
-        matrix_default = (matrix.field, get_dotted(lower, matrix.field, default))
+    defaults = ExperimentConfig().model_dump()
+    swept_augment = {
+        name: get_dotted(lower, name, get_dotted(defaults, name))
+        for axis in space.axes
+        for name in axis.fields
+        if name.startswith("augment.")
+    }
+    axes = {axis.field: axis for axis in space.axes if axis.kind != "matrix"}
     existing = [(cell.config, cell.cell_id) for cell in cells]
     controls: list[Trial] = []
     linked: list[Trial] = []
@@ -69,19 +77,57 @@ def add_controls(
         for role in (UNTRAINED, SUPERVISED):
             if role == SUPERVISED and cell.config.method.name == SUPERVISED:
                 continue  # a supervised cell is its own reference
-            config = _control_config(cell, role, matrix_default)
+            changes = _control_changes(cell, role, swept_augment)
+            config = cell.config.with_overrides(
+                changes, source=f"{role} control of {cell.trial_id}"
+            )
             found = next((name for known, name in existing if known == config), None)
             if found is None:
-                found = _control_id(cell.panel, role, {t.trial_id for t in controls})
-                controls.append(Trial(found, cell.panel, None, None, config, role=role))
+                coords = _control_coords(cell, axes, config, set(changes))
+                found = _control_id(list(coords.values()), role, {t.trial_id for t in controls})
+                controls.append(
+                    Trial(found, cell.panel, None, None, config, role=role, coords=coords)
+                )
                 existing.append((config, found))
             links[role] = found
         linked.append(replace(cell, controls=links))
     return linked + controls
 
 
-def _control_id(panel: str, role: str, taken: set[str]) -> str:
-    name = f"{panel}-{role}" if panel != "all" else role
+def _reset(name: str, changed: set[str]) -> bool:
+    """Whether a control sets ``name`` itself (a new method drops every method field)."""
+    return name in changed or (name.startswith("method.") and "method.name" in changed)
+
+
+def _control_coords(
+    cell: Trial, axes: Mapping[str, Axis], config: ExperimentConfig, changed: set[str]
+) -> dict[str, str]:
+    """The cell's labels on the axes the control still depends on. A case that the
+    control depends on only in part is labelled by what remains (``batch_size=32`` for a
+    (batch, queue) case of an untrained control, which has no queue)."""
+    coords = {}
+    dumped = config.model_dump(mode="json")
+    for name, label in cell.coords.items():
+        axis = axes.get(name)
+        if axis is None:
+            continue
+        kept = [field for field in axis.fields if not _reset(field, changed)]
+        if not kept:
+            continue
+        if axis.kind == "cases" and len(kept) < len(axis.fields):
+            # Named by the first setting it keeps, in the order the case declares them
+            # (the front end of a front end + encoder + augmentations case).
+            declared = list(axis.coupled[label])
+            first = min(kept, key=lambda field: declared.index(field) if field in declared else 99)
+            value = get_dotted(dumped, first)
+            shown = label_of(value)
+            label = f"{first.split('.')[-1]}={shown}" if isinstance(value, int | float) else shown
+        coords[name] = label
+    return coords
+
+
+def _control_id(labels: list[str], role: str, taken: set[str]) -> str:
+    name = "-".join([*labels, role])
     candidate, number = name, 2
     while candidate in taken:
         candidate, number = f"{name}-{number}", number + 1

@@ -76,6 +76,10 @@ class SweepRequest:
     report_only: str | bool = False  # like resume: which sweep to report on
     command_line: str = ""
     progress_every_s: float = 30.0
+    # "asha": successive halving over the cells (controls exempt); None or "fifo": every
+    # trial runs its whole budget. A search (core.sweep.search) uses it for its samples.
+    scheduler: str | None = None
+    samples: int | None = None  # a search's trials per invocation; None: its YAML's
 
 
 # Seeds per cell when --seeds is not given: one for a smoke-scale check, three where the
@@ -103,7 +107,8 @@ def prepare_trials(request: SweepRequest) -> tuple[SearchSpace, list[Trial], Res
         overrides["train.num_workers"] = request.workers_per_trial
     if request.gpus_per_worker is not None:
         overrides["train.use_gpu"] = request.gpus_per_worker > 0
-    for name in ("data.root", "data.cache_dir", "model.pretrained"):
+    for name in ("data.root", "data.extra_root", "data.cache_dir", "model.pretrained",
+                 "model.weights_dir"):  # fmt: skip
         # Trials run in other processes whose working directory is not the caller's
         # (Tune moves them into their trial folders): relative paths are resolved here.
         if overrides.get(name) is not None:
@@ -139,6 +144,13 @@ def run_sweep(request: SweepRequest, stream: TextIO | None = None) -> SweepOutco
         return _continue_sweep(request, results_dir, stream)
 
     space, trials, resources = prepare_trials(request)
+    if request.scheduler == "asha":
+        from core.sweep.search import check_halving, describe_halving, metric_mode
+
+        eval_every, epochs = check_halving(trials)  # before Ray: one budget for all cells
+        if request.dry_run:
+            halving = describe_halving(eval_every, epochs, space.metric, metric_mode(space.metric))
+            print(halving, file=stream)
     if request.dry_run:
         split_sizes = check_trials(trials)
         here = local_resources(request.num_cpus)
@@ -163,7 +175,7 @@ def run_sweep(request: SweepRequest, stream: TextIO | None = None) -> SweepOutco
         results_dir=results_dir,
     )
     tracking_uri = mlflow_tracking.resolve_tracking_uri(identity)
-    available = _start_ray(request)
+    available = start_ray(request)
     resources = replan(resources, available)
     identity = replace(identity, tracking_uri=reachable_tracking_uri(tracking_uri, stream))
     parent_run_id = mlflow_tracking.start_parent_run(
@@ -196,6 +208,8 @@ def run_sweep(request: SweepRequest, stream: TextIO | None = None) -> SweepOutco
         max_failures=request.max_failures,
         command_line=request.command_line or " ".join(sys.argv),
         trials=trials,
+        report=space.report.to_dict() if space.report else None,
+        scheduler=request.scheduler,
     )
     state.save(run_dir)
     print(
@@ -221,7 +235,7 @@ def _continue_sweep(request: SweepRequest, results_dir: Path, stream: TextIO) ->
 
     from core import tracking as mlflow_tracking
 
-    _start_ray(request)
+    start_ray(request)
     client = mlflow_tracking.tracking_client(state.tracking_uri)
     client.update_run(state.parent_run_id, status="RUNNING")
     print(
@@ -235,7 +249,14 @@ def _continue_sweep(request: SweepRequest, results_dir: Path, stream: TextIO) ->
 
 def _fit(state: SweepState, request: SweepRequest, restore: bool) -> float:
     """Run the Tune experiment (or continue it); failed trials do not raise. Returns the
-    wall time of the run in seconds."""
+    wall time of the run in seconds.
+
+    With ``scheduler="asha"`` (the sweep's, else the request's), ASHA compares the cells at
+    evaluation epochs and stops the weaker ones; a restored experiment keeps the
+    scheduler it was started with."""
+    from core.sweep.search import allow_sparse_metrics, grid_scheduler
+
+    allow_sparse_metrics()  # test metrics come at evaluation epochs only
     resources, experiment_path = state.resources, state.experiment_path
     trainable = tune.with_resources(run_trial, resources.trainable_resources())
     if restore and tune.Tuner.can_restore(experiment_path):
@@ -273,6 +294,9 @@ def _fit(state: SweepState, request: SweepRequest, restore: bool) -> float:
                 # runtime environment caps the arenas (MALLOC_ARENA_MAX) and each trial
                 # hands its freed memory back (malloc_trim), see core.sweep.trial.TRIAL_ENV.
                 reuse_actors=True,
+                scheduler=grid_scheduler(
+                    state.trials, state.metric, state.scheduler or request.scheduler
+                ),
             ),
             run_config=tune.RunConfig(
                 name=name,
@@ -308,7 +332,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         )
 
 
-def _start_ray(request: SweepRequest) -> dict[str, float] | None:
+def start_ray(request: SweepRequest) -> dict[str, float] | None:
     """Connect to ``--address`` or start a local Ray; the totals that bound the request.
 
     A remote cluster may still grow (autoscaler), so its totals are not used to refuse a

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from core.config import ConfigError, DataConfig
-from core.data import DatasetError, DatasetNotFoundError, dataset_root, get_spec
+from core.data import DatasetError, DatasetNotFoundError, dataset_root, extra_root, get_spec
 from core.data.base import Listing, subsample
 from core.data.splits import make_split, test_clip_mask
 from core.sweep.space import Trial
@@ -60,8 +60,10 @@ def _listing(data: DataConfig) -> Listing | None:
         if data.download:
             return None
         raise
-    listing = spec.scan(root, spec.label_field(data.label_field))
-    whole = test_clip_mask(listing.split, listing.fold, data.split_scheme, data.fold)
+    listing = spec.list_clips(root, spec.label_field(data.label_field), extra_root(data))
+    whole = test_clip_mask(
+        listing.split, listing.fold, data.split_scheme, data.fold, num_folds=spec.num_folds
+    )
     return subsample(listing, data.max_clips, keep_whole=whole)
 
 
@@ -80,7 +82,18 @@ def check_trials(trials: Sequence[Trial]) -> dict[str, SplitSizes]:
                 f"from local files only (no downloads): point it at a saved state_dict or set "
                 f"it to null"
             )
-        scan_key = repr((data.dataset, data.root, data.label_field, data.max_clips))
+        if trial.config.model.weights == "imagenet":
+            from core.imagenet import imagenet_checkpoint
+
+            try:
+                imagenet_checkpoint(trial.config.model.encoder, trial.config.model.weights_dir)
+            except FileNotFoundError as error:
+                raise PreflightError(f"{where}: {error}") from None
+        # The subsample keeps the test split whole, so it depends on the split and fold.
+        scan_key = repr(
+            (data.dataset, data.root, data.extra_root, data.label_field, data.max_clips,
+             data.split_scheme, data.fold)
+        )  # fmt: skip
         try:
             if scan_key not in listings:
                 listings[scan_key] = _listing(data)

@@ -3,6 +3,7 @@ report (:mod:`core.report`) attached to the MLflow parent run, and the summary."
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Sequence
@@ -13,7 +14,7 @@ from typing import Any, TextIO
 from ray import tune
 
 from core.report import FAILED, FINISHED, ReportFiles, TrialRecord, log_report_to_run, write_report
-from core.stats import CORRECT_KEY, decode_correct
+from core.stats import CORRECT_KEY, PER_CLASS_KEY, decode_correct
 from core.sweep.resources import Resources
 from core.sweep.space import Trial
 from core.sweep.state import SweepState
@@ -48,7 +49,16 @@ class SweepOutcome:
         return [record.trial_id for record in self.records if record.status == FAILED]
 
 
-_REPORTED_METRICS = ("test_top1", "test_macro_f1", "val_top1", "val_macro_f1", "loss", "epoch")
+_REPORTED_METRICS = (
+    "test_top1",
+    "test_macro_f1",
+    "test_weighted_f1",
+    "val_top1",
+    "val_macro_f1",
+    "loss",
+    "epoch",
+    "early_stopped",
+)
 
 
 def collect_records(experiment_path: str, trials: Sequence[Trial]) -> list[TrialRecord]:
@@ -80,6 +90,7 @@ def collect_records(experiment_path: str, trials: Sequence[Trial]) -> list[Trial
             cell_id=trial.cell_id,
             seed=cfg.train.seed,
             controls=dict(trial.controls),
+            coords=dict(trial.coords),
         )
         if trial.trial_id in found:
             tune_trial, frame = found[trial.trial_id]
@@ -93,13 +104,30 @@ def collect_records(experiment_path: str, trials: Sequence[Trial]) -> list[Trial
                 record.history = _history(frame)
                 if CORRECT_KEY in frame.columns and frame[CORRECT_KEY].notna().any():
                     record.correct = decode_correct(str(frame[CORRECT_KEY].dropna().iloc[-1]))
+                if PER_CLASS_KEY in frame.columns and frame[PER_CLASS_KEY].notna().any():
+                    record.per_class_f1 = json.loads(str(frame[PER_CLASS_KEY].dropna().iloc[-1]))
             if "epoch" in record.metrics:
                 record.epochs = int(record.metrics["epoch"]) + 1
+            # Ended before its last epoch without its own early stopping: the scheduler
+            # (ASHA) stopped it.
+            record.stopped_early = (
+                record.status == FINISHED
+                and record.epochs is not None
+                and record.epochs < epochs_planned(cfg)
+                and not record.metrics.get("early_stopped")
+            )
             record.wall_seconds = (tune_trial.last_result or {}).get("time_total_s")
             if record.status == FAILED:
                 record.error = _error_summary(tune_trial.error_file)
         records.append(record)
     return records
+
+
+def epochs_planned(cfg: Any) -> int:
+    """Epochs a trial runs when nothing stops it (the untrained control runs one)."""
+    from core.methods.configs import method_config_class
+
+    return cfg.train.epochs if method_config_class(cfg.method.name).trains else 1
 
 
 _CURVE_METRICS = ("loss", "test_top1", "val_top1")
@@ -176,6 +204,7 @@ def finish_sweep(
         metric=state.metric,
         name=state.ablation,
         note=PRESET_NOTES.get(state.preset or ""),
+        table=state.report,
     )
     uri, parent = state.tracking_uri, state.parent_run_id
     log_report_to_run(uri, parent, report.files)

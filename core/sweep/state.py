@@ -47,6 +47,10 @@ class SweepState:
     command_line: str
     trials: list[Trial]
     created: float = field(default_factory=time.time)
+    report: dict[str, Any] | None = None  # the search space's ReportSpec, as a dict
+    # "asha": successive halving stops weak cells early; None: every trial runs its budget.
+    # A default, so that sweep.json files written before it load.
+    scheduler: str | None = None
 
     @property
     def tracking_uri(self) -> str:
@@ -75,6 +79,8 @@ class SweepState:
             "seeds": self.seeds,
             "max_failures": self.max_failures,
             "command_line": self.command_line,
+            "report": self.report,
+            "scheduler": self.scheduler,
             "trials": [
                 {
                     "trial_id": trial.trial_id,
@@ -84,6 +90,7 @@ class SweepState:
                     "role": trial.role,
                     "cell_id": trial.cell_id,
                     "controls": dict(trial.controls),
+                    "coords": dict(trial.coords),
                     "config": trial.config.model_dump(mode="json"),
                 }
                 for trial in self.trials
@@ -120,6 +127,7 @@ class SweepState:
                 role=item["role"],
                 cell_id=item["cell_id"],
                 controls=item["controls"],
+                coords=item.get("coords", {}),
             )
             for item in raw["trials"]
         ]
@@ -139,6 +147,8 @@ class SweepState:
             command_line=raw["command_line"],
             trials=trials,
             created=raw["created"],
+            report=raw.get("report"),
+            scheduler=raw.get("scheduler"),
         )
 
 

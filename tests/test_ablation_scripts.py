@@ -1,0 +1,302 @@
+"""Every ablation script of both papers: its dry run lists the right trials (quick and
+paper presets), and a tiny real run (real Ray, real FSDD audio, a real MLflow store)
+writes the paper-shaped table whose numbers equal the child runs' metrics."""
+
+from __future__ import annotations
+
+import csv
+import importlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from core.sweep.state import SweepState
+from core.tracking import find_trial_runs, tracking_client
+
+
+def approx(expected: float) -> Any:
+    """The tables keep six decimals: equal to a child's metric to 1e-6."""
+    return pytest.approx(expected, abs=1e-6)
+
+
+SCRIPTS = {
+    "run_features": "features",
+    "run_label_fraction": "label_fraction",
+    "run_projection_dim": "projection_dim",
+    "run_moco_queue": "moco_queue",
+    "run_ssl_methods": "ssl_methods",
+    "run_backbones": "backbones",
+    "run_augmentations": "augmentations",
+}
+
+
+def _main(script: str):
+    return importlib.import_module(f"ablations.{script}").main
+
+
+def _dry_run(script: str, capsys: pytest.CaptureFixture[str], *argv: str) -> list[str]:
+    """Run ``--dry-run`` in this process; the trial ids it lists, in order."""
+    return _dry_run_output(script, capsys, *argv)[0]
+
+
+def _dry_run_output(
+    script: str, capsys: pytest.CaptureFixture[str], *argv: str
+) -> tuple[list[str], str]:
+    code = _main(script)(["--dry-run", *argv])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    ids = []
+    for line in out.out.splitlines():
+        parts = line.split()
+        if len(parts) > 10 and parts[0].isdigit():
+            ids.append(parts[1])
+    return ids, out.out
+
+
+# --- dry runs -------------------------------------------------------------------------
+def test_dry_runs_list_each_papers_trials(fsdd_root: Path, capsys) -> None:
+    features = _dry_run("run_features", capsys)
+    assert features[:6] == [
+        "raw1d-FD-fsdd", "raw1d-FD+TST-fsdd", "raw1d-FD+TST+PS-fsdd",
+        "stft3-FD-fsdd", "stft3-FD+TM-fsdd", "stft3-FD+TM+TS-fsdd",
+    ]  # fmt: skip
+    assert "raw1d-fsdd-untrained" in features and "stft3-fsdd-supervised" in features
+    chosen = _dry_run("run_features", capsys, "--sets", "stft3:FD+TM", "--no-controls")
+    assert chosen == ["stft3-FD+TM-fsdd"]
+
+    fractions = _dry_run("run_label_fraction", capsys)
+    assert fractions == [
+        f"{m}-{f}" for m in ("supervised", "simclr", "clar") for f in ("1", "0.2", "0.1", "0.01")
+    ] + ["untrained"]
+
+    dims = _dry_run("run_projection_dim", capsys, "--no-controls")
+    assert dims == [f"{d}-fold{k}" for d in (64, 128, 256) for k in range(1, 7)]
+
+    queues = _dry_run("run_moco_queue", capsys, "--no-controls")
+    assert queues == ["b8-q4096", "b16-q4096", "b32-q4096", "b32-q8192"]
+    grid = _dry_run("run_moco_queue", capsys, "--no-controls", "--full-grid")
+    assert grid == ["b8-q4096", "b8-q8192", "b16-q4096", "b16-q8192", "b32-q4096", "b32-q8192"]
+
+    methods = _dry_run("run_ssl_methods", capsys, "--no-controls")
+    assert methods == [
+        f"{m}-fold1" for m in ("simclr", "moco", "mocov2", "byol", "barlow_twins", "dino", "swav")
+    ]
+    backbones = _dry_run("run_backbones", capsys, "--folds", "2", "--no-controls")
+    assert backbones == [
+        f"{e}-fold2"
+        for e in ("alexnet", "vgg16", "resnet18", "mobilenet_v2", "inception_v3",
+                  "efficientnet_b0", "convnext_tiny")
+    ]  # fmt: skip
+    augmentations = _dry_run("run_augmentations", capsys, "--folds", "1", "--no-controls")
+    assert len(augmentations) == 14 * 2
+    assert augmentations[:2] == ["original-simclr-fold1", "original-moco-fold1"]
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_paper_preset_dry_runs(script: str, capsys) -> None:
+    """The paper's datasets are not on this machine: the paper preset fetches what is
+    missing, and its dry run says so instead of failing."""
+    ids, out = _dry_run_output(script, capsys, "--preset", "paper", "--no-controls")
+    assert ids and "(download)" in out
+    assert "4 worker(s)/trial" in out
+
+
+# --- tiny real runs ---------------------------------------------------------------------
+
+def _tiny(fsdd_root: Path, cache_dir: Path, quaclrs: bool) -> list[str]:
+    """Settings that run a trial's every stage in seconds."""
+    settings: dict[str, Any] = {
+        "data.root": str(fsdd_root),
+        "data.cache_dir": str(cache_dir),
+        "data.max_clips": 120,
+        "data.clip_seconds": 0.5,
+        "model.width": 4,
+        "model.proj_hidden_dim": 16,
+        "model.eval_hidden_dim": 16,
+        "train.epochs": 1,
+        "train.max_steps_per_epoch": 1,
+        "train.eval_epochs": 1,
+    }
+    if not quaclrs:
+        settings["data.sample_rate"] = 8000
+    argv = []
+    for key, value in settings.items():
+        argv += ["--set", f"{key}={value}"]
+    return argv
+
+
+def _run(
+    script: str, tmp_path: Path, mlflow_store: Path, argv: list[str]
+) -> tuple[SweepState, Path]:
+    run_name = f"tiny-{script}"
+    code = _main(script)(
+        [
+            *argv,
+            "--results",
+            str(tmp_path),
+            "--run-name",
+            run_name,
+            "--tracking-uri",
+            f"sqlite:///{mlflow_store}/mlflow.db",
+            "--experiment",
+            f"pytest-{script}",
+            "--progress-every",
+            "600",
+        ]
+    )
+    assert code == 0
+    state = SweepState.load(tmp_path / run_name)
+    client = tracking_client(state.tracking_uri)
+    folder = Path(client.download_artifacts(state.parent_run_id, "report", str(tmp_path / "dl")))
+    return state, folder
+
+
+def _table(folder: Path, name: str) -> dict[tuple[str, str, str], float]:
+    with (folder / f"{name}_table.csv").open() as handle:
+        return {
+            (line["panel"], line["row"], line["column"]): float(line["mean"])
+            for line in csv.DictReader(handle)
+            if line["mean"]
+        }
+
+
+def _children(state: SweepState) -> dict[str, dict[str, float]]:
+    runs = find_trial_runs(state.tracking_uri, state.parent_run_id)
+    assert {run.info.status for run in runs} == {"FINISHED"}
+    return {run.data.tags["clarlab.trial_id"]: run.data.metrics for run in runs}
+
+
+@pytest.mark.slow
+def test_label_fraction_table_and_figure(ray_cluster, fsdd_root, cache_dir, mlflow_store, tmp_path):
+    state, folder = _run(
+        "run_label_fraction",
+        tmp_path,
+        mlflow_store,
+        ["--methods", "simclr", "clar", "--fractions", "0.1", *_tiny(fsdd_root, cache_dir, False)],
+    )
+    logged = _children(state)
+    assert set(logged) == {"simclr-0.1", "clar-0.1", "untrained", "0.1-supervised"}
+    table = _table(folder, "label_fraction")
+    for method in ("simclr", "clar"):
+        assert table[("all", method, "0.1")] == approx(logged[f"{method}-0.1"]["test_top1"])
+    assert table[("all", "untrained control", "0.1")] == approx(
+        logged["untrained"]["test_top1"]
+    )
+    assert table[("all", "supervised reference", "0.1")] == approx(
+        logged["0.1-supervised"]["test_top1"]
+    )
+    assert (folder / "label_fraction_curves.png").stat().st_size > 0
+    assert (folder / "label_fraction_table.png").stat().st_size > 0
+    assert "| clar |" in (folder / "label_fraction_table.md").read_text()
+
+
+@pytest.mark.slow
+def test_folded_tables_equal_their_children(
+    ray_cluster, fsdd_root, cache_dir, mlflow_store, tmp_path
+):
+    """QUACLRS k-fold on FSDD's speaker folds: projection dims x two folds, with the mean
+    and std over folds in the table."""
+    state, folder = _run(
+        "run_projection_dim",
+        tmp_path,
+        mlflow_store,
+        ["--dims", "16", "32", "--folds", "1", "2", "--no-controls",
+         *_tiny(fsdd_root, cache_dir, True)],  # fmt: skip
+    )
+    logged = _children(state)
+    assert set(logged) == {"16-fold1", "16-fold2", "32-fold1", "32-fold2"}
+    table = _table(folder, "projection_dim")
+    for dim in ("16", "32"):
+        values = [logged[f"{dim}-fold{k}"]["test_top1"] for k in (1, 2)]
+        assert table[("all", dim, "fold1")] == approx(values[0])
+        assert table[("all", dim, "fold2")] == approx(values[1])
+        assert table[("all", dim, "mean")] == approx(sum(values) / 2)
+        assert table[("all", dim, "wall (s)")] > 0
+    # Speaker folds: each trial tested on one speaker's 500 recordings.
+    run = find_trial_runs(state.tracking_uri, state.parent_run_id)[0]
+    assert run.data.params["data.split_scheme"] == "quaclrs"
+    assert run.data.params["frontend.setting"] == "quaclrs"
+
+
+@pytest.mark.slow
+def test_moco_queue_ssl_methods_and_backbones_tables(
+    ray_cluster, fsdd_root, cache_dir, mlflow_store, tmp_path
+):
+    tiny = _tiny(fsdd_root, cache_dir, True)
+    state, folder = _run(
+        "run_moco_queue",
+        tmp_path / "moco",
+        mlflow_store,
+        ["--full-grid", "--batch-sizes", "8", "--queues", "16", "32", "--no-controls", *tiny],
+    )
+    logged = _children(state)
+    table = _table(folder, "moco_queue")
+    assert set(logged) == {"b8-q16", "b8-q32"}
+    for trial_id, metrics in logged.items():
+        assert table[("all", trial_id, "top-1")] == approx(metrics["test_top1"])
+        assert table[("all", trial_id, "macro F1")] == approx(metrics["test_macro_f1"])
+
+    state, folder = _run(
+        "run_ssl_methods",
+        tmp_path / "ssl",
+        mlflow_store,
+        ["--methods", "byol", "swav", "--no-controls", "--set", "train.batch_size=8", *tiny],
+    )
+    logged = _children(state)
+    table = _table(folder, "ssl_methods")
+    for method in ("byol", "swav"):
+        metrics = logged[f"{method}-fold1"]
+        assert table[("all", method, "top-1")] == approx(metrics["test_top1"])
+        assert table[("all", method, "weighted F1")] == approx(metrics["test_weighted_f1"])
+    per_class = (folder / "ssl_methods_per_class_f1.csv").read_text().splitlines()
+    assert per_class[0] == "class,byol,swav" and len(per_class) == 11  # ten digits
+
+    state, folder = _run(
+        "run_backbones",
+        tmp_path / "backbones",
+        mlflow_store,
+        ["--encoders", "mobilenet_v2", "--folds", "3", "--set", "train.batch_size=8", *tiny],
+    )
+    logged = _children(state)
+    assert set(logged) == {"mobilenet_v2-fold3", "mobilenet_v2-fold3-untrained"}
+    table = _table(folder, "backbones")
+    assert table[("all", "mobilenet_v2", "fold3")] == approx(
+        logged["mobilenet_v2-fold3"]["test_top1"]
+    )
+    assert table[("all", "untrained control mobilenet_v2", "fold3")] == approx(
+        logged["mobilenet_v2-fold3-untrained"]["test_top1"]
+    )
+
+
+@pytest.mark.slow
+def test_features_and_augmentations_tables(
+    ray_cluster, fsdd_root, cache_dir, mlflow_store, tmp_path
+):
+    state, folder = _run(
+        "run_features",
+        tmp_path / "features",
+        mlflow_store,
+        ["--sets", "raw1d:FD", "stft3:FD+TM", "--no-controls", *_tiny(fsdd_root, cache_dir, False)],
+    )
+    logged = _children(state)
+    table = _table(folder, "features")
+    assert set(logged) == {"raw1d-FD-fsdd", "stft3-FD+TM-fsdd"}
+    assert table[("all", "stft3-FD+TM", "fsdd")] == approx(
+        logged["stft3-FD+TM-fsdd"]["test_top1"]
+    )
+
+    state, folder = _run(
+        "run_augmentations",
+        tmp_path / "augs",
+        mlflow_store,
+        ["--augmentations", "original", "pitchshift_2", "--methods", "simclr", "--folds", "2",
+         "--no-controls", "--set", "train.batch_size=8", *_tiny(fsdd_root, cache_dir, True)],  # fmt: skip
+    )
+    logged = _children(state)
+    table = _table(folder, "augmentations")
+    assert set(logged) == {"original-simclr-fold2", "pitchshift_2-simclr-fold2"}
+    for name in ("original", "pitchshift_2"):
+        value = logged[f"{name}-simclr-fold2"]["test_top1"]
+        assert table[("simclr", name, "fold2")] == approx(value)
+        assert table[("simclr", name, "mean")] == approx(value)
