@@ -59,3 +59,12 @@ def ray_cluster():
         yield ray.cluster_resources()
     finally:
         ray.shutdown()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def trust_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The registry of sweeps this user wrote (core/sweep/trust.py) lives in a session
+    folder, not in the developer's own ~/.local/state."""
+    folder = tmp_path_factory.mktemp("clarlab-state")
+    os.environ["CLARLAB_STATE_DIR"] = str(folder)
+    return folder

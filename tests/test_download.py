@@ -9,7 +9,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import os
 import socket
+import stat
 import tarfile
 import threading
 import zipfile
@@ -263,3 +265,186 @@ def test_download_refuses_to_overwrite_a_non_empty_folder(tmp_path: Path) -> Non
     with pytest.raises(DatasetError, match="not empty"):
         download_dataset(DATASETS["fsdd"], root, progress=False)
     assert (root / "something.txt").read_text() == "user data"
+
+
+# --- archives that try to write outside the target ---------------------------------------
+def tar_of(*entries: tuple[str, str, str | bytes]) -> bytes:
+    """A tar.gz of ``(name, kind, payload)`` in order; kind is file, dir, sym, hard, chr or
+    fifo, payload a file's bytes or a link's target."""
+    types = {"dir": tarfile.DIRTYPE, "sym": tarfile.SYMTYPE, "hard": tarfile.LNKTYPE,
+             "chr": tarfile.CHRTYPE, "fifo": tarfile.FIFOTYPE}  # fmt: skip
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as bundle:
+        for name, kind, payload in entries:
+            info = tarfile.TarInfo(name)
+            if kind == "file":
+                data = payload if isinstance(payload, bytes) else payload.encode()
+                info.size = len(data)
+                bundle.addfile(info, io.BytesIO(data))
+                continue
+            info.type = types[kind]
+            if kind in ("sym", "hard"):
+                info.linkname = str(payload)
+            bundle.addfile(info)
+    return buffer.getvalue()
+
+
+def zip_of(path: Path, *entries: tuple[str, str, str | bytes]) -> Path:
+    """A zip of ``(name, kind, payload)``; a ``sym`` entry is a Unix symlink (its mode in
+    the high half of ``external_attr``, its target as its content), as ``zip -y`` writes."""
+    with zipfile.ZipFile(path, "w") as bundle:
+        for name, kind, payload in entries:
+            info = zipfile.ZipInfo(name)
+            info.create_system = 3  # Unix
+            mode = {"file": stat.S_IFREG | 0o644, "sym": stat.S_IFLNK | 0o777,
+                    "chr": stat.S_IFCHR | 0o600}[kind]  # fmt: skip
+            info.external_attr = mode << 16
+            bundle.writestr(info, payload)
+    return path
+
+
+CHAIN = (("x", "sym", "."), ("x/x/y", "sym", "../../"), ("x/x/y/escaped.txt", "file", "owned"))
+
+REFUSED = {
+    # The lexical check passes every member of these; the model of links does not.
+    "chain through an earlier link": (CHAIN, r"'x/x/y' path passes through the symbolic link 'x'"),
+    "link whose target walks through links": (
+        (("x", "sym", "."), ("y", "sym", "x/x/x/../.."), ("y/escaped.txt", "file", "owned")),
+        r"link 'y' -> 'x/x/x/\.\./\.\.' points outside",
+    ),
+    "link that escapes once a later link appears": (
+        # l -> d/.. is the target itself while d does not exist; d -> . makes it its parent.
+        # tarfile's data filter checks l before d exists, so it extracts both.
+        (("l", "sym", "d/.."), ("d", "sym", ".")),
+        r"link 'l' -> 'd/\.\.' points outside",
+    ),
+    "plain link out": ((("data/b.wav", "sym", "../../etc/passwd"),), "points outside"),
+    "absolute link": ((("data/b.wav", "sym", "/etc/passwd"),), "points outside"),
+    "hard link out": ((("data/b.wav", "hard", "../outside.txt"),), "points outside"),
+    "hard link to nothing extracted": (
+        (("data/b.wav", "hard", "data/missing.wav"),),
+        "not a regular file extracted before it",
+    ),
+    "link replacing a folder": (
+        (("d/a.wav", "file", "x"), ("sub/", "dir", ""), ("d", "sym", "sub")),
+        "would replace an earlier dir",
+    ),
+    "link named in another case": (
+        (("X", "sym", "sub"), ("sub/", "dir", ""), ("x/a.wav", "file", "x")),
+        "'x/a.wav' path passes through the symbolic link 'x' -> 'sub'",
+    ),
+    "device": ((("dev/null", "chr", ""),), "device member 'dev/null' refused"),
+    "fifo": ((("pipe", "fifo", ""),), "device member 'pipe' refused"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED))
+def test_unsafe_tar_archives_are_refused_before_anything_is_written(
+    case: str, tmp_path: Path
+) -> None:
+    entries, message = REFUSED[case]
+    box = tmp_path / "box"  # the target's parent: what an escape would write into
+    box.mkdir()
+    archive = tmp_path / "archive.tar.gz"
+    archive.write_bytes(tar_of(("data/a.wav", "file", "a normal member first"), *entries))
+
+    with pytest.raises(DownloadError, match=message):
+        safe_extract(archive, box / "out")
+
+    assert [p.name for p in box.iterdir()] == ["out"]
+    assert list((box / "out").iterdir()) == []  # checked first, written never
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["archive.tar.gz", "box"]
+
+
+def test_links_inside_the_target_still_extract(tmp_path: Path) -> None:
+    archive = tmp_path / "ok.tar.gz"
+    archive.write_bytes(
+        tar_of(
+            ("data/a.wav", "file", b"riff"),
+            ("data/alias.wav", "sym", "a.wav"),
+            ("latest", "sym", "data"),
+            ("data/hard.wav", "hard", "data/a.wav"),
+            ("data/up", "sym", ".."),  # the target itself: inside
+            ("forward", "sym", "later/b.wav"),  # a link to a member further on
+            ("later/b.wav", "file", b"b"),
+        )
+    )
+    out = tmp_path / "out"
+    safe_extract(archive, out)
+
+    assert (out / "latest").is_symlink() and (out / "latest" / "alias.wav").read_bytes() == b"riff"
+    assert (out / "data" / "hard.wav").read_bytes() == b"riff"
+    assert os.path.samefile(out / "data" / "hard.wav", out / "data" / "a.wav")
+    assert (out / "data" / "up" / "forward").read_bytes() == b"b"
+
+
+def test_a_link_from_an_earlier_archive_is_followed_too(tmp_path: Path) -> None:
+    """Datasets of several archives extract into one staging folder: a link the first one
+    left is part of the tree the second one is checked against."""
+    box = tmp_path / "box"
+    out = box / "out"
+    first, second = tmp_path / "first.tar.gz", tmp_path / "second.tar.gz"
+    first.write_bytes(tar_of(("x", "sym", "."), ("a.wav", "file", "a")))
+    safe_extract(first, out)
+
+    second.write_bytes(tar_of(("x/x/y", "sym", "../../")))
+    with pytest.raises(DownloadError, match="'x/x/y' path passes through the symbolic link 'x'"):
+        safe_extract(second, out)
+    second.write_bytes(tar_of(("y", "sym", "x/x/..")))
+    with pytest.raises(DownloadError, match="'y' -> 'x/x/\\.\\.' points outside"):
+        safe_extract(second, out)
+    second.write_bytes(tar_of(("x", "file", "replaces the link")))
+    with pytest.raises(DownloadError, match="would replace an earlier symlink"):
+        safe_extract(second, out)
+
+    assert sorted(p.name for p in out.iterdir()) == ["a.wav", "x"]
+    assert [p.name for p in box.iterdir()] == ["out"]
+
+
+def test_a_dangling_link_is_refused(tmp_path: Path) -> None:
+    """A link through something the archive never creates could be completed by a later
+    archive; each link must lead to something that exists once its archive is planned."""
+    archive = tmp_path / "dangling.tar.gz"
+    archive.write_bytes(tar_of(("l", "sym", "missing/..")))
+    with pytest.raises(DownloadError, match="link through 'missing'"):
+        safe_extract(archive, tmp_path / "out")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_zip_symlinks_are_checked_like_tar_links(tmp_path: Path) -> None:
+    box = tmp_path / "box"
+    box.mkdir()
+    refused = {
+        "out.zip": ((("data/a.wav", "file", b"x"), ("data/b.wav", "sym", "../../etc/passwd")),
+                    "link 'data/b.wav' -> '../../etc/passwd' points outside"),
+        "chain.zip": (CHAIN, "'x/x/y' path passes through the symbolic link 'x'"),
+        "device.zip": ((("null", "chr", b""),), "device member 'null' refused"),
+    }  # fmt: skip
+    for name, (entries, message) in refused.items():
+        with pytest.raises(DownloadError, match=message):
+            safe_extract(zip_of(tmp_path / name, *entries), box / "out")
+        assert [p.name for p in box.iterdir()] == ["out"]
+        assert list((box / "out").iterdir()) == []
+
+    ok = zip_of(tmp_path / "ok.zip", ("top/a.wav", "file", b"riff"), ("top/alias", "sym", "a.wav"))
+    safe_extract(ok, tmp_path / "zip-ok", strip="top")
+    alias = tmp_path / "zip-ok" / "alias"
+    assert alias.is_symlink() and alias.read_bytes() == b"riff"  # a link, not a text file
+
+
+def test_a_chained_link_archive_downloaded_from_a_server_leaves_nothing(
+    server: ArchiveServer, tmp_path: Path
+) -> None:
+    server.files["/chain.tar.gz"] = tar_of(*((f"{FSDD_TOP}/{n}", k, p) for n, k, p in CHAIN))
+    spec = dataclasses.replace(
+        DATASETS["fsdd"],
+        resources=(
+            Resource(url=server.url("/chain.tar.gz"), filename="chain.tar.gz", strip=FSDD_TOP),
+        ),
+    )
+    root = tmp_path / "data" / "fsdd"
+    with pytest.raises(DownloadError, match="'[^']*x/x/y' path passes through"):
+        download_dataset(spec, root, progress=False)
+    assert not root.exists()
+    assert [p.name for p in (tmp_path / "data").iterdir() if p.suffix != ".lock"] == [".downloads"]
+    assert not any(tmp_path.rglob("escaped.txt"))

@@ -676,6 +676,11 @@ class SearchState:
         temporary = run_dir / f".{SEARCH_FILE}.tmp"
         temporary.write_text(json.dumps(self.to_json(), indent=1))
         os.replace(temporary, run_dir / SEARCH_FILE)
+        from core.sweep import trust
+
+        # --resume unpickles Tune's state and opens the Optuna study: only for folders
+        # this user's clarlab wrote (core/sweep/trust.py).
+        trust.record_trusted(run_dir / SEARCH_FILE)
 
     @classmethod
     def load(cls, run_dir: Path) -> SearchState:
@@ -976,6 +981,9 @@ def run_search(request: SweepRequest, stream: TextIO | None = None) -> SearchOut
     results_dir = Path(request.results_dir).expanduser().resolve()
     if request.resume or request.report_only:
         run_dir = find_search(results_dir, request.resume or request.report_only)
+        from core.sweep.trust import ensure_trusted
+
+        ensure_trusted(run_dir, SEARCH_FILE)
         state = SearchState.load(run_dir)
         if request.report_only:
             return finish_search(state, run_dir, stream, set_status=False)

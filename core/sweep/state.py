@@ -3,7 +3,10 @@ run, the trials' validated configs and how to resume. Typed, so the driver passe
 object instead of a dict of keys, and it saves and loads itself.
 
 The file is what ``--resume`` and ``--report-only`` start from; Tune's own experiment
-state (trial progress, checkpoints) lives under ``experiment_path``.
+state (trial progress, checkpoints) lives under ``experiment_path``. Tune's state is
+pickled, so a resume first checks (:meth:`SweepState.ensure_trusted`) that this user's
+clarlab wrote the folder: :meth:`SweepState.save` gives each sweep a random
+``trust_token`` and records it in a per-user registry (:mod:`core.sweep.trust`).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -19,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from core.config import ExperimentConfig
+from core.sweep import trust
 from core.sweep.resources import Resources
 from core.sweep.space import SearchSpaceError, Trial
 from core.tracking import RunIdentity
@@ -51,6 +56,9 @@ class SweepState:
     # "asha": successive halving stops weak cells early; None: every trial runs its budget.
     # A default, so that sweep.json files written before it load.
     scheduler: str | None = None
+    # Random, per sweep; recorded with the file's hash in the per-user registry on save.
+    # None for a sweep.json written before the registry existed (refused on resume).
+    trust_token: str | None = field(default_factory=trust.new_token)
 
     @property
     def tracking_uri(self) -> str:
@@ -81,6 +89,7 @@ class SweepState:
             "command_line": self.command_line,
             "report": self.report,
             "scheduler": self.scheduler,
+            trust.TOKEN_KEY: self.trust_token,
             "trials": [
                 {
                     "trial_id": trial.trial_id,
@@ -98,14 +107,33 @@ class SweepState:
         }
 
     def save(self, run_dir: Path) -> Path:
-        """Write ``sweep.json`` atomically (a crash never leaves half a file)."""
+        """Write ``sweep.json`` atomically (a crash never leaves half a file) and record it
+        in the per-user registry, so that a later ``--resume`` trusts this folder."""
         run_dir.mkdir(parents=True, exist_ok=True)
+        if self.trust_token is None:  # an old sweep resumed on request: it gets one now
+            self.trust_token = trust.new_token()
         target = run_dir / SWEEP_FILE
         handle, temporary = tempfile.mkstemp(dir=run_dir, prefix=".sweep-", suffix=".json")
         with os.fdopen(handle, "w") as stream:
             json.dump(self.to_json(), stream, indent=1)
         os.replace(temporary, target)
+        try:
+            trust.record_trusted(target)
+        except OSError as error:  # the sweep can run; only its resume will need the override
+            print(
+                f"warning: could not record {target} in {trust.registry_path()} ({error}); "
+                f"--resume of this sweep will need --trust-results",
+                file=sys.stderr,
+                flush=True,
+            )
         return target
+
+    @staticmethod
+    def ensure_trusted(run_dir: Path) -> None:
+        """Refuse ``run_dir`` unless this user's clarlab wrote its ``sweep.json`` (and it is
+        unchanged since): resuming unpickles Tune's state from the folder. See
+        :func:`core.sweep.trust.ensure_trusted` for what is checked and the override."""
+        trust.ensure_trusted(run_dir, SWEEP_FILE)
 
     @classmethod
     def load(cls, run_dir: Path) -> SweepState:
@@ -149,16 +177,29 @@ class SweepState:
             created=raw["created"],
             report=raw.get("report"),
             scheduler=raw.get("scheduler"),
+            trust_token=raw.get(trust.TOKEN_KEY),
         )
 
 
 def unique_run_name(results_dir: Path, stem: str) -> str:
-    """``<stem>-<date>-<time>``, with a counter if that folder already exists."""
+    """``<stem>-<date>-<time>`` (``-2``, ``-3``... when taken), its folder claimed.
+
+    The name is also the MLflow parent run's name, so two sweeps started in the same
+    second must not share it. Checking that the folder does not exist and creating it
+    later races between processes; ``os.mkdir`` without ``exist_ok`` is atomic, so the
+    process whose ``mkdir`` succeeds owns the name and every other one moves on to the
+    next counter. The folder is left empty (``run_sweep`` refuses only a folder that
+    already holds ``sweep.json``)."""
+    results_dir.mkdir(parents=True, exist_ok=True)
     name = f"{stem}-{datetime.now():%Y%m%d-%H%M%S}"
     candidate, number = name, 2
-    while (results_dir / candidate).exists():
-        candidate, number = f"{name}-{number}", number + 1
-    return candidate
+    while True:
+        try:
+            os.mkdir(results_dir / candidate)
+        except FileExistsError:
+            candidate, number = f"{name}-{number}", number + 1
+            continue
+        return candidate
 
 
 def find_sweep(results_dir: Path, which: str | bool, ablation: str | None = None) -> Path:
