@@ -9,7 +9,7 @@ export CLARLAB_DATA
 export RAY_AUTH_MODE ?= disabled
 PYTEST_ARGS ?=
 
-.PHONY: demo test install lint bench ui clean
+.PHONY: demo test install lint bench ui clean mlflow-server bench-gpu
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,31 @@ bench: $(STAMP)
 
 ui: $(STAMP)
 	$(BIN)/mlflow ui --host 127.0.0.1 --backend-store-uri sqlite:///results/mlflow.db
+
+# The MLflow tracking server over the demo's store, artifacts served through it, on this
+# machine only: `make mlflow-server HOST=<address> PORT=<port> STORE=<uri>` to change it
+# (python -m core.serve mlflow --help says what a wider bind exposes). HOST and PORT come
+# from the command line only: shells and hosting platforms export variables of those names
+# for other purposes, and a server must not bind wider because of one of them.
+ifneq ($(filter environment%,$(origin HOST)),)
+HOST := 127.0.0.1
+endif
+ifneq ($(filter environment%,$(origin PORT)),)
+PORT := 5000
+endif
+HOST ?= 127.0.0.1
+PORT ?= 5000
+STORE ?= sqlite:///results/mlflow.db
+ARTIFACTS ?= results/mlflow-artifacts
+
+mlflow-server: $(STAMP)
+	$(BIN)/python -m core.serve mlflow --host $(HOST) --port $(PORT) \
+		--backend-store-uri '$(STORE)' --artifacts-destination '$(ARTIFACTS)'
+
+# The GPU checks (batched augmentations vs per-clip librosa loaders, bf16 training steps,
+# the cache's CUDA path); prints {"cuda": false, ...} and exits 0 without CUDA.
+bench-gpu: $(STAMP)
+	$(BIN)/python bench/gpu.py
 
 clean:
 	rm -rf $(VENV) results .pytest_cache

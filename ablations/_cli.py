@@ -12,6 +12,7 @@ stderr, before Ray starts), 3 some trials failed, 130 the sweep is incomplete (r
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -187,8 +188,10 @@ def build_parser(prog: str, description: str, search_space: str) -> AblationPars
     )
     out.add_argument(
         "--storage-path",
+        default=os.environ.get("CLARLAB_STORAGE_PATH") or None,
         help="shared or cloud storage for Tune's trial state and checkpoints on a multi-node "
-        "cluster (e.g. s3://bucket/clarlab or an NFS path); default: under --results",
+        "cluster (e.g. s3://bucket/clarlab or an NFS path); default: $CLARLAB_STORAGE_PATH "
+        "(set on every node by cluster.yaml), else under --results",
     )
     out.add_argument(
         "--tracking-uri",
