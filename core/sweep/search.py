@@ -42,26 +42,24 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-import yaml
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from core.config import PRESETS, ConfigError, ExperimentConfig, known_fields
+from core.config import ConfigError, ExperimentConfig, known_fields
 from core.dotted import get_dotted
 from core.sweep.preflight import check_trials
 from core.sweep.progress import SweepProgress
-from core.sweep.resources import Resources, local_resources, plan_resources, replan
+from core.sweep.resources import Resources, local_resources, replan
 from core.sweep.space import (
     CELL,
     SearchSpace,
     SearchSpaceError,
     Trial,
-    check_fields,
     expand_trials,
     label_of,
-    nested_layer,
-    parse_preset_layer,
+    parse_shared_sections,
+    read_space_file,
 )
 from core.sweep.state import TUNE_DIR_NAME, unique_run_name
 from core.sweep.trial import run_trial, trial_name
@@ -404,41 +402,13 @@ def _parse_settings(raw: Any, where: str) -> SearchSettings:
 def load_search(name_or_path: str | Path) -> tuple[SearchSpace, SearchSettings]:
     """Read a search-space file with a ``search:`` section; the shared parts (base,
     presets) get the same checks as a grid's, and errors name the file and the key."""
-    from search_spaces import locate
-
-    try:
-        path = locate(name_or_path)
-    except FileNotFoundError as error:
-        raise SearchSpaceError(str(error)) from None
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise SearchSpaceError(f"{path}: not valid YAML: {error}") from None
-    if not isinstance(raw, Mapping):
-        raise SearchSpaceError(f"{path}: expected a mapping with keys {', '.join(_TOP_LEVEL_KEYS)}")
+    path, raw = read_space_file(name_or_path, _TOP_LEVEL_KEYS)
     if "search" not in raw:
         raise SearchSpaceError(
             f"{path}: no 'search:' section; a grid (axes) runs with its own script, e.g. "
             f"ablations/run_aug_matrix.py --search-space {path}"
         )
-    unknown = sorted(set(raw) - set(_TOP_LEVEL_KEYS))
-    if unknown:
-        raise SearchSpaceError(
-            f"{path}: unknown top-level key(s) {', '.join(unknown)}; valid for a search: "
-            f"{', '.join(_TOP_LEVEL_KEYS)}"
-        )
-    base = nested_layer(raw.get("base") or {}, f"{path}: base")
-    check_fields(base, f"{path}: base")
-    presets_raw = raw.get("presets") or {}
-    if not isinstance(presets_raw, Mapping):
-        raise SearchSpaceError(f"{path}: presets: expected a mapping preset name -> settings")
-    presets = {}
-    for name, settings in presets_raw.items():
-        if name not in PRESETS:
-            raise SearchSpaceError(
-                f"{path}: presets.{name}: unknown preset; valid: {', '.join(sorted(PRESETS))}"
-            )
-        presets[name] = parse_preset_layer(settings, f"{path}: presets.{name}")
+    base, presets = parse_shared_sections(raw, path)
     space = SearchSpace(
         source=path,
         ablation=str(raw.get("ablation") or path.stem),
@@ -511,18 +481,9 @@ def prepare_search(request: SweepRequest) -> PreparedSearch:
                     f"{space.source}: search.params.{param.field}: the value {value!r} is "
                     f"invalid: {error}"
                 ) from None
-    first = config.train
-    gpus = request.gpus_per_worker
-    if gpus is None:
-        gpus = 1.0 if first.use_gpu else 0.0
-    resources = plan_resources(
-        workers_per_trial=first.num_workers,
-        cpus_per_worker=request.cpus_per_worker,
-        gpus_per_worker=gpus,
-        max_concurrent_trials=request.max_concurrent,
-        force_torch_trainer=request.force_torch_trainer,
-        custom_per_worker=request.worker_resources,
-    )
+    from core.sweep.driver import plan_for_request
+
+    resources = plan_for_request(request, config.train)
     return PreparedSearch(space, settings, base, resources, tuple(notes))
 
 

@@ -373,8 +373,11 @@ def _parse_report(raw: Any, axes: Sequence[Axis], where: str) -> ReportSpec | No
     return spec
 
 
-def load_search_space(name_or_path: str | Path) -> SearchSpace:
-    """Read and shape-check a search space; errors name the file and the key."""
+def read_space_file(
+    name_or_path: str | Path, valid_keys: Sequence[str]
+) -> tuple[Path, Mapping[str, Any]]:
+    """Locate and parse a search-space file; its top level must be a mapping of
+    ``valid_keys`` (errors name the file, the line and the key)."""
     from search_spaces import locate
 
     try:
@@ -389,12 +392,19 @@ def load_search_space(name_or_path: str | Path) -> SearchSpace:
         problem = getattr(error, "problem", None) or str(error)
         raise SearchSpaceError(f"{where}: not valid YAML: {problem}") from None
     if not isinstance(raw, Mapping):
-        raise SearchSpaceError(f"{path}: expected a mapping with keys {', '.join(_TOP_LEVEL_KEYS)}")
-    unknown = sorted(set(raw) - set(_TOP_LEVEL_KEYS))
+        raise SearchSpaceError(f"{path}: expected a mapping with keys {', '.join(valid_keys)}")
+    unknown = sorted(set(raw) - set(valid_keys))
     if unknown:
         raise SearchSpaceError(
-            f"{path}: unknown top-level key(s) {', '.join(unknown)}; valid: {', '.join(_TOP_LEVEL_KEYS)}"
+            f"{path}: unknown top-level key(s) {', '.join(unknown)}; valid: {', '.join(valid_keys)}"
         )
+    return path, raw
+
+
+def parse_shared_sections(
+    raw: Mapping[str, Any], path: Path
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """The ``base`` and ``presets`` of a grid or a search file, checked field by field."""
     base = nested_layer(raw.get("base") or {}, f"{path}: base")
     check_fields(base, f"{path}: base")
     presets_raw = raw.get("presets") or {}
@@ -407,6 +417,13 @@ def load_search_space(name_or_path: str | Path) -> SearchSpace:
                 f"{path}: presets.{name}: unknown preset; valid: {', '.join(sorted(PRESETS))}"
             )
         presets[name] = parse_preset_layer(settings, f"{path}: presets.{name}")
+    return base, presets
+
+
+def load_search_space(name_or_path: str | Path) -> SearchSpace:
+    """Read and shape-check a search space; errors name the file and the key."""
+    path, raw = read_space_file(name_or_path, _TOP_LEVEL_KEYS)
+    base, presets = parse_shared_sections(raw, path)
     axes_raw = raw.get("axes") or {}
     if not isinstance(axes_raw, Mapping):
         raise SearchSpaceError(f"{path}: axes: expected a mapping field -> values")
