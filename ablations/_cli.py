@@ -6,7 +6,9 @@ GPUs, cluster address, tracking, results, resume, dry run, ``--set``) is here, s
 script behaves the same way and a new one is 20-40 lines.
 
 Exit codes: 0 all trials finished (or a dry run passed), 2 bad input (one line on
-stderr, before Ray starts), 3 some trials failed, 130 the sweep is incomplete (resume it).
+stderr, before Ray starts: a bad field, a missing dataset, a tracking server that does not
+answer, a nearly full disk), 3 some trials failed, 130 the sweep is incomplete
+(interrupted, or the tracking server became unreachable: resume it).
 """
 
 from __future__ import annotations
@@ -234,6 +236,13 @@ def build_parser(prog: str, description: str, search_space: str) -> AblationPars
         "trials are kept, unfinished ones continue from their checkpoints in the same MLflow runs",
     )
     control.add_argument(
+        "--trust-results",
+        action="store_true",
+        help="with --resume/--report-only: accept a results folder this user's clarlab did "
+        "not write (copied from another machine). Resuming unpickles Tune's state from it, "
+        "so only for folders you trust; the folder is then recorded as trusted",
+    )
+    control.add_argument(
         "--retry-failed",
         action="store_true",
         help="with --resume: also rerun the trials that failed, from scratch",
@@ -379,6 +388,11 @@ def run(
             print(f"error: {error}", file=sys.stderr)
             return EXIT_BAD_INPUT
     from core.sweep import run_sweep
+
+    if args.trust_results:
+        from core.sweep.trust import trust_results
+
+        trust_results()
 
     try:
         outcome = run_sweep(request_from_args(args, argv, parser.prog, axis_values))

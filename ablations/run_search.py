@@ -70,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         request.overrides["method.name"] = args.method
     from core.sweep.search import run_search
 
+    if args.trust_results:
+        from core.sweep.trust import trust_results
+
+        trust_results()
     try:
         outcome = run_search(request)
     except (ConfigError, FileNotFoundError) as error:

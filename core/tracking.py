@@ -34,6 +34,7 @@ import threading
 import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from pathlib import Path
@@ -42,6 +43,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlparse
 
 import numpy as np
+import requests
 from mlflow.entities import Metric, Param, Run, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -52,7 +54,7 @@ from mlflow.utils.validation import (
     MAX_TAG_VAL_LENGTH,
 )
 
-from core.config import ExperimentConfig
+from core.config import ConfigError, ExperimentConfig
 
 try:
     import fcntl
@@ -176,7 +178,12 @@ def tracking_client(tracking_uri: str) -> MlflowClient:
     (``duplicate column``, alembic version errors). The first opening in each process
     therefore holds an exclusive file lock beside the database; MLflow caches the opened
     store per process, so later clients need neither lock nor migration check.
+
+    A client of a tracking server retries for about a minute, not MLflow's four and a
+    half (:data:`HTTP_RETRY_ENV`).
     """
+    if _is_http(tracking_uri):
+        bound_http_retries()
     db_path = _sqlite_path(tracking_uri)
     if db_path is None or tracking_uri in _READY_STORES:
         return MlflowClient(tracking_uri)
@@ -196,18 +203,55 @@ def tracking_client(tracking_uri: str) -> MlflowClient:
     return client
 
 
-def ensure_experiment(tracking_uri: str, name: str, artifact_root: str | None) -> str:
+# How the MLflow UI presents a clarlab experiment (read from MLflow 3.17's UI bundle).
+# ``mlflow.experimentKind`` is MLflow's record of what an experiment is for (the UI's own
+# kind selector writes it); MLflow 3.17's UI, though, picks the landing view from its
+# global GenAI / Model-training switch: ``?workflowType=machine_learning`` in the page URL,
+# else the browser's last choice, GenAI by default. Links to the runs table carry it.
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND_TRAINING = "custom_model_development"
+UI_TRAINING_VIEW_QUERY = "workflowType=machine_learning"
+# The metric the UI's chart view of the runs starts from.
+TAG_PRIMARY_METRIC = "mlflow.experiment.primaryMetric.name"
+# A saved runs-table view (filter, sort, columns) is an experiment tag with this prefix;
+# ``#/experiments/<id>/runs?viewStateShareKey=<key>`` opens it and the table's "Views" menu
+# lists it. Otherwise the UI keeps the chosen columns in each browser's localStorage only.
+TAG_RUNS_VIEW_PREFIX = "mlflow.sharedViewState."
+UI_VIEW_QUERY_KEY = "viewStateShareKey"
+# Every search space scores its cells by this metric.
+HEADLINE_METRIC = "test_top1"
+# The config fields that tell clarlab's grid cells apart, shown as columns of a sweep's
+# view when the caller does not name the sweep's own axes.
+DEFAULT_CELL_SETTINGS = (
+    "method.name",
+    "frontend.name",
+    "model.encoder",
+    "augment.pipeline",
+    "data.label_fraction",
+    "train.seed",
+)
+
+
+def ensure_experiment(
+    tracking_uri: str, name: str, artifact_root: str | None, metric: str = HEADLINE_METRIC
+) -> str:
     """The id of experiment ``name``, created (with ``artifact_root``) if missing.
+
+    The experiment is tagged as a model-training experiment with ``metric`` as its
+    primary metric, so that MLflow's UI treats it as one (MLflow 3.x otherwise offers
+    the GenAI views first); an existing experiment gets the tags it lacks, and keeps the
+    ones a user set.
 
     Safe when several trials start at once: a create that loses the race raises, and the
     experiment the winner created is read back instead.
     """
     client = tracking_client(tracking_uri)
+    wanted = {TAG_EXPERIMENT_KIND: EXPERIMENT_KIND_TRAINING, TAG_PRIMARY_METRIC: metric}
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         location = _artifact_location(artifact_root, name) if artifact_root else None
         try:
-            return client.create_experiment(name, artifact_location=location)
+            return client.create_experiment(name, artifact_location=location, tags=wanted)
         except MlflowException:
             experiment = client.get_experiment_by_name(name)
             if experiment is None:
@@ -218,6 +262,9 @@ def ensure_experiment(tracking_uri: str, name: str, artifact_root: str | None) -
             f"deleted; restore it (`mlflow experiments restore --experiment-id "
             f"{experiment.experiment_id}`) or choose another experiment (--experiment)"
         )
+    for key, value in wanted.items():
+        if key not in experiment.tags:
+            client.set_experiment_tag(experiment.experiment_id, key, value)
     return experiment.experiment_id
 
 
@@ -335,20 +382,71 @@ def default_run_name(cfg: ExperimentConfig, identity: RunIdentity) -> str:
 # --- parent runs -------------------------------------------------------------------------
 
 
-def start_parent_run(identity: RunIdentity, tags: dict[str, str], run_name: str) -> str:
+def start_parent_run(
+    identity: RunIdentity,
+    tags: dict[str, str],
+    run_name: str,
+    *,
+    metric: str = HEADLINE_METRIC,
+    cell_settings: Sequence[str] | None = None,
+) -> str:
     """Create a RUNNING parent run for a sweep (trials nest under it); returns its id.
 
-    The sweep ends it with :func:`finish_run`.
+    The sweep also gets a saved view of MLflow's runs table (see
+    :func:`save_sweep_view`): its trials, best ``metric`` first, with ``metric`` and the
+    ``cell_settings`` (the swept config fields; default :data:`DEFAULT_CELL_SETTINGS`) as
+    columns. The sweep ends the run with :func:`finish_run`.
     """
     tracking_uri = resolve_tracking_uri(identity)
     experiment_id = ensure_experiment(
-        tracking_uri, identity.experiment, default_artifact_root(tracking_uri)
+        tracking_uri, identity.experiment, default_artifact_root(tracking_uri), metric
     )
     all_tags = {TAG_ABLATION: identity.ablation, TAG_KIND: "sweep", **_provenance_tags(), **tags}
-    run = tracking_client(tracking_uri).create_run(
-        experiment_id, start_time=_now_ms(), tags=all_tags, run_name=run_name
-    )
+    client = tracking_client(tracking_uri)
+    run = client.create_run(experiment_id, start_time=_now_ms(), tags=all_tags, run_name=run_name)
+    settings = DEFAULT_CELL_SETTINGS if cell_settings is None else tuple(cell_settings)
+    save_sweep_view(client, experiment_id, run.info.run_id, run_name, metric, settings)
     return run.info.run_id
+
+
+def save_sweep_view(
+    client: MlflowClient,
+    experiment_id: str,
+    parent_run_id: str,
+    run_name: str,
+    metric: str,
+    cell_settings: Sequence[str],
+) -> str:
+    """Save a runs-table view of one sweep in the experiment; returns its key.
+
+    MLflow's UI has no per-experiment default columns (it keeps a user's columns in the
+    browser), but it opens a view stored as an experiment tag: the key is the parent run
+    id, so ``#/experiments/<id>/runs?workflowType=machine_learning&viewStateShareKey=
+    <parent run id>`` shows the sweep's trials flat (a filter or a sort other than by
+    start time stops the table from folding them under the parent), best ``metric``
+    first, with ``metric`` and the cell settings as columns. The table's "Views" menu
+    lists it under ``run_name``.
+    """
+    state = {
+        "searchFilter": f"tags.`{TAG_PARENT}` = {_quoted(parent_run_id, 'parent run id')}",
+        "orderByKey": f"metrics.`{metric}`",
+        "orderByAsc": False,
+        "selectedColumns": [
+            f"metrics.`{metric}`",
+            *(f"params.`{setting}`" for setting in dict.fromkeys(cell_settings)),
+        ],
+    }
+    now = _now_ms()
+    envelope = {
+        "name": f"{run_name}: trials by {metric}",
+        "createdAt": now,
+        "updatedAt": now,
+        "state": json.dumps(state),
+    }
+    client.set_experiment_tag(
+        experiment_id, f"{TAG_RUNS_VIEW_PREFIX}{parent_run_id}", json.dumps(envelope)
+    )
+    return parent_run_id
 
 
 def finish_run(
@@ -356,7 +454,8 @@ def finish_run(
 ) -> None:
     """Terminate any run (parent or trial) by id, recording ``error`` as in
     :meth:`TrialRun.finish`."""
-    _finish(tracking_client(tracking_uri), run_id, status, error)
+    with reaching(tracking_uri, f"ending run {run_id} as {status}"):
+        _finish(tracking_client(tracking_uri), run_id, status, error)
 
 
 def _finish(client: MlflowClient, run_id: str, status: str, error: str | None) -> None:
@@ -373,10 +472,13 @@ def _finish(client: MlflowClient, run_id: str, status: str, error: str | None) -
 def find_trial_runs(tracking_uri: str, parent_run_id: str) -> list[Run]:
     """Every run nested directly under ``parent_run_id``, oldest first (all pages)."""
     client = tracking_client(tracking_uri)
-    experiment_id = client.get_run(parent_run_id).info.experiment_id
-    return _search_all(
-        client, experiment_id, f"tags.`{TAG_PARENT}` = {_quoted(parent_run_id, 'parent run id')}"
-    )
+    with reaching(tracking_uri, f"listing the trial runs of parent run {parent_run_id}"):
+        experiment_id = client.get_run(parent_run_id).info.experiment_id
+        return _search_all(
+            client,
+            experiment_id,
+            f"tags.`{TAG_PARENT}` = {_quoted(parent_run_id, 'parent run id')}",
+        )
 
 
 def _search_all(client: MlflowClient, experiment_id: str, filter_string: str) -> list[Run]:
@@ -394,6 +496,248 @@ def _search_all(client: MlflowClient, experiment_id: str, filter_string: str) ->
         page_token = page.token
         if not page_token:
             return runs
+
+
+# --- reaching a tracking server ----------------------------------------------------------
+
+# MLflow retries a failed HTTP call (connection refused, no answer, HTTP 429 and 5xx) with
+# exponential backoff, by default 7 times at factor 2 and 120 s per attempt: a call to a
+# dead server fails after about 264 s, and a trial logs several calls as it fails. Here:
+# 5 retries at factor 2, that is sleeps of 0, 4, 8, 16 and 32 s (plus up to 1 s of jitter
+# each), so a call made as the server goes away is tried for the last time about 60 s
+# later. A server restarted within a minute loses nothing; a dead one fails a call in
+# about a minute. A server that accepts connections but never answers costs 30 s per
+# attempt (MLflow's 120 s would make that 14 minutes). MLflow reads these at every
+# request; values the user exported win.
+HTTP_RETRY_ENV = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+# After a call to a server spent its retries, later calls of this process ask the server
+# once, without retries, before trying: a trial that could not log then ends its run and
+# fails in seconds, not in one more minute per call (end the run, look for it, ...).
+PROBE_AFTER_OUTAGE_S = 300.0
+PROBE_TIMEOUT_S = 5.0
+_UNREACHABLE_SINCE: dict[str, float] = {}
+
+_HOW_TO_REACH = (
+    "start it (`make mlflow-server`), check --tracking-uri (or MLFLOW_TRACKING_URI), or, "
+    "for the server on a cluster's head, open the tunnel first (`ray attach cluster.yaml "
+    "-p 5000`)"
+)
+
+
+def _is_http(tracking_uri: str) -> bool:
+    return urlparse(tracking_uri).scheme in ("http", "https")
+
+
+def bound_http_retries() -> None:
+    """Apply :data:`HTTP_RETRY_ENV` to this process, keeping values the user exported."""
+    for name, value in HTTP_RETRY_ENV.items():
+        os.environ.setdefault(name, value)
+
+
+def shown_uri(tracking_uri: str) -> str:
+    """The URI without a password (it goes into error messages, run tags and logs)."""
+    parsed = urlparse(tracking_uri)
+    if not parsed.password:
+        return tracking_uri
+    netloc = parsed.netloc.replace(f":{parsed.password}@", ":***@", 1)
+    return parsed._replace(netloc=netloc).geturl()
+
+
+class TrackingServerError(ConfigError):
+    """A tracking server that cannot be reached, or that refuses the request.
+
+    It is a :class:`~core.config.ConfigError`: raised by :func:`check_tracking_server`
+    before a sweep starts, the command line shows it on one line and exits 2. A trial
+    raises it too, in place of MLflow's error, so that its error names the cause (and not,
+    say, a parent run that "does not exist" because it could not be read).
+    """
+
+    def __init__(
+        self, message: str, uri: str = "", reason: str = "", unreachable: bool = True
+    ) -> None:
+        super().__init__(message)
+        self.uri, self.reason, self.unreachable = uri, reason, unreachable
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Ray pickles a trial's exception for the driver; the default pickling would call
+        # __init__ with the message only and lose the fields.
+        return (type(self), (str(self), self.uri, self.reason, self.unreachable))
+
+    @classmethod
+    def build(
+        cls, tracking_uri: str, reason: str, what: str | None = None, unreachable: bool = True
+    ) -> TrackingServerError:
+        """``MLflow tracking server URI cannot be reached (REASON) while WHAT: FIX``."""
+        shown = shown_uri(tracking_uri)
+        problem = "cannot be reached" if unreachable else "refused the request"
+        during = f" while {what}" if what else ""
+        return cls(
+            f"MLflow tracking server {shown} {problem} ({reason}){during}: "
+            f"{_fix_for(tracking_uri, reason, unreachable)}",
+            uri=shown,
+            reason=reason,
+            unreachable=unreachable,
+        )
+
+
+def _fix_for(tracking_uri: str, reason: str, unreachable: bool) -> str:
+    if unreachable:
+        return _HOW_TO_REACH
+    parsed = urlparse(tracking_uri)
+    if "Host header" in reason:
+        host = f"{parsed.hostname}:{parsed.port}" if parsed.port else str(parsed.hostname)
+        return (
+            f"the server does not accept the host name {host}; start it with --allowed-hosts "
+            f"naming it (`make mlflow-server` names its own host and localhost)"
+        )
+    if reason.startswith("HTTP 401"):
+        return "it asks for credentials: set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+    if reason.startswith("HTTP 404"):
+        return "no MLflow REST API at that address; check the port and path of --tracking-uri"
+    return "see the server's log"
+
+
+def _connection_reason(error: BaseException) -> str:
+    """A short name for why an HTTP connection failed ('connection refused', ...)."""
+    if isinstance(error, requests.exceptions.Timeout):
+        return "no answer in time"
+    text = str(error)
+    for needles, reason in (
+        (("Connection refused",), "connection refused"),
+        (("NameResolutionError", "Name or service not known", "nodename nor servname",
+          "Temporary failure in name resolution"), "host name not found"),
+        (("No route to host",), "no route to host"),
+        (("Network is unreachable",), "network unreachable"),
+        (("SSLError", "CERTIFICATE_VERIFY_FAILED"), "TLS handshake failed"),
+        (("RemoteDisconnected", "Connection aborted", "Connection reset"),
+         "the connection was closed"),
+    ):  # fmt: skip
+        if any(needle in text for needle in needles):
+            return reason
+    return "connection failed"
+
+
+def unreachable_reason(error: BaseException) -> str | None:
+    """Why a tracking call failed when the cause is that the server could not be reached
+    ('connection refused', 'no answer in time', 'HTTP 503 on every retry'), else ``None``
+    (the server answered: a missing run, a bad request).
+
+    MLflow raises its own exception for both; the HTTP error is in its chain."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, TrackingServerError):
+            return current.reason if current.unreachable else None
+        if isinstance(current, requests.exceptions.RetryError):
+            status = re.search(r"too many (\d{3}) error responses", str(current))
+            return f"HTTP {status.group(1)} on every retry" if status else "no answer after retries"
+        if isinstance(current, requests.exceptions.ConnectionError | requests.exceptions.Timeout):
+            return _connection_reason(current)
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def is_unreachable_error(text: str | None) -> bool:
+    """Whether an error's text (a trial's error summary) says the tracking server could not
+    be reached: such a trial did not fail on its own, and ``--resume`` reruns it."""
+    if not text:
+        return False
+    if "TrackingServerError" in text and "cannot be reached" in text:
+        return True
+    # MLflow's own error, from a call made outside `reaching` (or an older clarlab): the
+    # summary of a long error may end before "Failed to establish a new connection".
+    return "Max retries exceeded with url" in text or "Failed to establish a new connection" in text
+
+
+def _probe_credentials() -> dict[str, Any]:
+    """What MLflow's client sends to a server: basic auth or a token, and TLS settings."""
+    from mlflow.environment_variables import (
+        MLFLOW_TRACKING_INSECURE_TLS,
+        MLFLOW_TRACKING_PASSWORD,
+        MLFLOW_TRACKING_SERVER_CERT_PATH,
+        MLFLOW_TRACKING_TOKEN,
+        MLFLOW_TRACKING_USERNAME,
+    )
+
+    options: dict[str, Any] = {}
+    username, password = MLFLOW_TRACKING_USERNAME.get(), MLFLOW_TRACKING_PASSWORD.get()
+    if username and password:
+        options["auth"] = (username, password)
+    elif MLFLOW_TRACKING_TOKEN.get():
+        options["headers"] = {"Authorization": f"Bearer {MLFLOW_TRACKING_TOKEN.get()}"}
+    if MLFLOW_TRACKING_INSECURE_TLS.get():
+        options["verify"] = False
+    elif MLFLOW_TRACKING_SERVER_CERT_PATH.get():
+        options["verify"] = MLFLOW_TRACKING_SERVER_CERT_PATH.get()
+    return options
+
+
+def check_tracking_server(tracking_uri: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+    """Raise :class:`TrackingServerError` unless the server at ``tracking_uri`` answers
+    MLflow's REST API within ``timeout_s`` (one request, no retries). A local store
+    (``sqlite:``, a folder) needs no server and passes.
+
+    It asks the experiments API rather than ``/health``: MLflow's check of the Host header
+    (``--allowed-hosts``) and its authentication guard the API only, and a server that
+    answers ``/health`` but refuses the API would fail every trial.
+    """
+    if not _is_http(tracking_uri):
+        return
+    url = f"{tracking_uri.rstrip('/')}/api/2.0/mlflow/experiments/search"
+    try:
+        response = requests.get(
+            url, params={"max_results": 1}, timeout=timeout_s, **_probe_credentials()
+        )
+    except requests.exceptions.RequestException as error:
+        raise TrackingServerError.build(tracking_uri, _connection_reason(error)) from None
+    if response.status_code == 200:
+        return
+    said = " ".join(response.text.split())
+    if "<html" in said[:200].lower():  # a proxy's or a web server's page: its title says it
+        title = re.search(r"<title>(.*?)</title>", said, re.IGNORECASE)
+        said = title.group(1) if title else ""
+    reason = f"HTTP {response.status_code}" + (f": {said[:160]}" if said else "")
+    raise TrackingServerError.build(
+        tracking_uri, reason, unreachable=response.status_code >= 500
+    ) from None
+
+
+@contextmanager
+def reaching(tracking_uri: str, what: str) -> Iterator[None]:
+    """Make MLflow calls to ``tracking_uri``; when the server cannot be reached, raise
+    :class:`TrackingServerError` naming the server, the cause and ``what`` was being done.
+
+    After a call of this process found the server unreachable, the block starts with one
+    quick request (:func:`check_tracking_server`) and fails at once if the server is still
+    away. A local store passes through untouched.
+    """
+    if not _is_http(tracking_uri):
+        yield
+        return
+    since = _UNREACHABLE_SINCE.get(tracking_uri)
+    if since is not None and time.monotonic() - since < PROBE_AFTER_OUTAGE_S:
+        try:
+            check_tracking_server(tracking_uri)
+        except TrackingServerError as error:
+            raise TrackingServerError.build(
+                tracking_uri, error.reason, what, unreachable=error.unreachable
+            ) from None
+        _UNREACHABLE_SINCE.pop(tracking_uri, None)
+    try:
+        yield
+    except TrackingServerError:
+        raise
+    except Exception as error:
+        reason = unreachable_reason(error)
+        if reason is None:
+            raise
+        _UNREACHABLE_SINCE[tracking_uri] = time.monotonic()
+        raise TrackingServerError.build(tracking_uri, reason, what) from error
 
 
 # --- trial runs --------------------------------------------------------------------------
@@ -432,22 +776,25 @@ class TrialRun:
         Params, tags and ``extra_tags`` (e.g. the data cache hash) are logged either way;
         params already on a continued run are not logged again (MLflow params are
         immutable), and a changed value is reported in the ``clarlab.params_changed`` tag.
+
+        A tracking server that cannot be reached raises :class:`TrackingServerError`.
         """
         tracking_uri = resolve_tracking_uri(identity)
         client = tracking_client(tracking_uri)
-        run = cls._existing_run(client, tracking_uri, identity, run_id)
-        resumed = run is not None
-        if run is None:
-            run = client.create_run(
-                cls._experiment_for(client, tracking_uri, identity),
-                start_time=_now_ms(),
-                tags={TAG_PARENT: identity.parent_run_id} if identity.parent_run_id else None,
-                run_name=default_run_name(cfg, identity),
-            )
-        else:
-            cls._reopen(client, run)
-        trial = cls(client, tracking_uri, run, resumed=resumed)
-        trial._log_identity(cfg, identity, run, extra_tags or {})
+        with reaching(tracking_uri, f"opening the run of trial {identity.trial_id or '-'}"):
+            run = cls._existing_run(client, tracking_uri, identity, run_id)
+            resumed = run is not None
+            if run is None:
+                run = client.create_run(
+                    cls._experiment_for(client, tracking_uri, identity),
+                    start_time=_now_ms(),
+                    tags={TAG_PARENT: identity.parent_run_id} if identity.parent_run_id else None,
+                    run_name=default_run_name(cfg, identity),
+                )
+            else:
+                cls._reopen(client, run)
+            trial = cls(client, tracking_uri, run, resumed=resumed)
+            trial._log_identity(cfg, identity, run, extra_tags or {})
         return trial
 
     @staticmethod
@@ -457,6 +804,8 @@ class TrialRun:
             try:
                 return client.get_run(identity.parent_run_id).info.experiment_id
             except MlflowException as error:
+                if unreachable_reason(error):
+                    raise  # not a missing parent: `reaching` names the cause
                 raise MlflowException(
                     f"parent_run_id={identity.parent_run_id!r} is not a run in "
                     f"{tracking_uri}; start the parent with core.tracking.start_parent_run "
@@ -478,6 +827,8 @@ class TrialRun:
             try:
                 return client.get_run(run_id)
             except MlflowException as error:
+                if unreachable_reason(error):
+                    raise
                 raise MlflowException(
                     f"cannot continue MLflow run {run_id!r}: not found in {tracking_uri} "
                     f"({error.message}); was the checkpoint written against another "
@@ -560,8 +911,9 @@ class TrialRun:
                     f"MLflow metrics must be numbers"
                 ) from None
             entries.append(Metric(key, number, timestamp, int(step)))
-        for chunk in _chunks(entries, MAX_METRICS_PER_BATCH):
-            self.client.log_batch(self.run_id, metrics=chunk)
+        with reaching(self.tracking_uri, f"logging metrics of run {self.run_id} at step {step}"):
+            for chunk in _chunks(entries, MAX_METRICS_PER_BATCH):
+                self.client.log_batch(self.run_id, metrics=chunk)
 
     def log_evaluation(
         self, result: EvaluationResult, artifact_dir: str = EVALUATION_FOLDER
@@ -571,38 +923,45 @@ class TrialRun:
         ``evaluation/<split>_*``; a later call overwrites."""
         prefix = f"{artifact_dir}/{result.split}"
         figure = confusion_figure(result)
-        self.client.log_figure(self.run_id, figure, f"{prefix}_confusion.png")
-        self.client.log_text(self.run_id, confusion_csv(result), f"{prefix}_confusion.csv")
-        self.client.log_text(self.run_id, result.per_class_report(), f"{prefix}_per_class.txt")
         scores = {
             "split": result.split,
             "top1": result.top1,
             "macro_f1": result.macro_f1,
+            "weighted_f1": result.weighted_f1,
             "per_class_f1": dict(zip(result.class_names, result.per_class_f1, strict=True)),
             "extra": result.extra,
         }
-        self.client.log_text(
-            self.run_id, json.dumps(scores, indent=2, allow_nan=True), f"{prefix}_scores.json"
-        )
-        if result.rows is not None:
-            self.client.log_text(self.run_id, result.predictions_csv(), f"{prefix}_predictions.csv")
+        with reaching(self.tracking_uri, f"logging the evaluation of run {self.run_id}"):
+            self.client.log_figure(self.run_id, figure, f"{prefix}_confusion.png")
+            self.client.log_text(self.run_id, confusion_csv(result), f"{prefix}_confusion.csv")
+            self.client.log_text(self.run_id, result.per_class_report(), f"{prefix}_per_class.txt")
+            self.client.log_text(
+                self.run_id, json.dumps(scores, indent=2, allow_nan=True), f"{prefix}_scores.json"
+            )
+            if result.rows is not None:
+                self.client.log_text(
+                    self.run_id, result.predictions_csv(), f"{prefix}_predictions.csv"
+                )
 
     def log_config(self, cfg: ExperimentConfig) -> None:
         """The resolved config as ``config.yaml`` (loadable with ``ExperimentConfig.from_dict``)."""
-        self.client.log_text(self.run_id, cfg.to_yaml(), "config.yaml")
+        with reaching(self.tracking_uri, f"logging the config of run {self.run_id}"):
+            self.client.log_text(self.run_id, cfg.to_yaml(), "config.yaml")
 
     def log_artifact_file(self, path: Path, artifact_path: str | None = None) -> None:
         """Upload a local file into the run's artifacts (under ``artifact_path`` if given)."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"cannot log artifact {path}: no such file")
-        self.client.log_artifact(self.run_id, str(path), artifact_path)
+        with reaching(self.tracking_uri, f"uploading {path.name} to run {self.run_id}"):
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
 
     # --- ending -------------------------------------------------------------------------
     def finish(self, status: TerminalStatus, error: str | None = None) -> None:
         """End the run. FAILED records ``error`` in the ``clarlab.error`` tag (a long error
         is truncated there and kept whole in the ``error.txt`` artifact)."""
-        _finish(self.client, self.run_id, status, error)
+        with reaching(self.tracking_uri, f"ending run {self.run_id} as {status}"):
+            _finish(self.client, self.run_id, status, error)
         self.finished = True
 
     def __enter__(self) -> TrialRun:

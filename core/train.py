@@ -14,6 +14,7 @@ This is the only module of ``core`` that imports ``ray.train``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -21,6 +22,7 @@ import shutil
 import signal
 import tempfile
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -47,10 +49,12 @@ from core.optim import build_optimizer, build_scheduler
 from core.stats import CORRECT_KEY, PER_CLASS_KEY, encode_correct
 
 if TYPE_CHECKING:
-    from core.tracking import RunIdentity
+    from core.tracking import RunIdentity, TrialRun
 
 CHECKPOINT_FILE = "state.pt"
 FAULT_ENV = "CLARLAB_INJECT_FAULT"
+# How long a ``pause_before_report`` fault holds a worker (a test kills the driver meanwhile).
+FAULT_PAUSE_S = 300.0
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -150,6 +154,18 @@ class RayTrainContext:
 
     def placement_tags(self) -> dict[str, str]:
         return _ray_node_tags()
+
+
+def _all_placements(own: dict[str, str], world: int) -> dict[str, str]:
+    """Rank 0's placement tags plus ``clarlab.ray_node_ids``: the nodes of every worker
+    of a multi-worker trial (sorted, comma-separated), so a run says which machines
+    trained it. A collective: every rank calls it."""
+    if world == 1:
+        return dict(own)
+    gathered: list[dict[str, str] | None] = [None] * world
+    dist.all_gather_object(gathered, own)
+    nodes = sorted({tags.get("clarlab.ray_node_id", "") for tags in gathered if tags} - {""})
+    return {**own, "clarlab.ray_node_ids": ",".join(nodes)} if nodes else dict(own)
 
 
 def _ray_node_tags() -> dict[str, str]:
@@ -255,30 +271,44 @@ def _amp_settings(mode: str, device: torch.device) -> tuple[torch.dtype | None, 
     """(autocast dtype or None, whether a GradScaler is needed). AMP is CUDA-only."""
     if device.type != "cuda" or mode == "off":
         return None, False
-    if mode == "fp16" or (mode == "auto" and not torch.cuda.is_bf16_supported()):
+    # Emulated bf16 (a V100, the paper's GPU) runs without tensor cores: fp16 with a
+    # scaler is the fast choice there, so "auto" only counts native bf16.
+    native_bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
+    if mode == "fp16" or (mode == "auto" and not native_bf16):
         return torch.float16, True
     return torch.bfloat16, False
 
 
 def _inject_fault(kind: str, epoch: int, step: int, rank: int) -> str | None:
-    """Test hook for failure handling: ``CLARLAB_INJECT_FAULT=kind:epoch:step:rank:marker``.
+    """Test hook for failure handling: ``CLARLAB_INJECT_FAULT=kind:epoch:step:rank:marker``,
+    several such specs separated by commas (a marker path holds no comma).
 
-    Fires once (the marker file is removed when it fires), so a restarted trial runs clean.
-    ``kill`` SIGKILLs this worker process; ``nan`` makes the step's loss NaN.
+    A spec fires once (its marker file is removed when it fires), so a restarted trial runs
+    clean, and a test arms it by creating the marker. After a training step: ``kill``
+    SIGKILLs this worker process; ``nan`` makes the step's loss NaN. At the end of an epoch
+    (step 0), after rank 0 logged the epoch to MLflow and before its checkpoint is reported
+    -- the window in which a kill made a restarted trial log the epoch twice:
+    ``kill_before_report`` SIGKILLs this worker; ``pause_before_report`` sleeps
+    :data:`FAULT_PAUSE_S`, so that a test can kill the driver at that exact point.
     """
-    spec = os.environ.get(FAULT_ENV)
-    if not spec:
+    specs = os.environ.get(FAULT_ENV)
+    if not specs:
         return None
-    want_kind, want_epoch, want_step, want_rank, marker = spec.split(":", 4)
-    if (want_kind, int(want_epoch), int(want_step), int(want_rank)) != (kind, epoch, step, rank):
-        return None
-    try:
-        os.remove(marker)
-    except FileNotFoundError:
-        return None
-    if kind == "kill":
-        os.kill(os.getpid(), signal.SIGKILL)
-    return kind
+    for spec in specs.split(","):
+        want_kind, want_epoch, want_step, want_rank, marker = spec.strip().split(":", 4)
+        wanted = (want_kind, int(want_epoch), int(want_step), int(want_rank))
+        if wanted != (kind, epoch, step, rank):
+            continue
+        try:
+            os.remove(marker)
+        except FileNotFoundError:
+            continue  # not armed, or fired already
+        if kind in ("kill", "kill_before_report"):
+            os.kill(os.getpid(), signal.SIGKILL)
+        if kind == "pause_before_report":
+            time.sleep(FAULT_PAUSE_S)
+        return kind
+    return None
 
 
 @dataclass
@@ -317,13 +347,93 @@ def _broadcast_from_main(value: float | None, world: int, device: torch.device) 
     return None if math.isnan(received) else received
 
 
-def _finish_completed_run(cfg: ExperimentConfig, identity: RunIdentity, run_id: str) -> None:
-    """Mark a completed trial's MLflow run FINISHED unless it already is (then untouched)."""
+def _finish_completed_run(
+    cfg: ExperimentConfig,
+    identity: RunIdentity,
+    run_id: str,
+    epoch: int,
+    metrics: dict[str, float],
+) -> None:
+    """Mark a completed trial's MLflow run FINISHED unless it already is (then untouched),
+    first logging the last checkpoint's epoch should the run's history lack it."""
     from core.tracking import TrialRun, resolve_tracking_uri, tracking_client
 
     client = tracking_client(resolve_tracking_uri(identity))
     if client.get_run(run_id).info.status != "FINISHED":
-        TrialRun.open(cfg, identity, run_id=run_id).finish("FINISHED")
+        tracker = TrialRun.open(cfg, identity, run_id=run_id)
+        if _last_logged_epoch(tracker) < epoch:
+            tracker.log_metrics(metrics, step=epoch)
+        tracker.finish("FINISHED")
+
+
+# The metric whose MLflow history says which epochs a run holds: every epoch logs it, for
+# every method (the untrained control has no loss).
+HISTORY_METRIC = "epoch"
+# A from-scratch attempt of a trial gets a new run; the two are linked by these tags.
+TAG_SUPERSEDED_BY = "clarlab.superseded_by"
+TAG_SUPERSEDES = "clarlab.supersedes"
+
+
+def _last_logged_epoch(tracker: TrialRun) -> int:
+    """The last epoch in the run's MLflow history, -1 when it holds none.
+
+    Epochs are logged in order, each before its checkpoint is reported, so the history
+    always reaches at least the epoch of the last persisted checkpoint; what lies beyond it
+    was logged by an attempt killed before it could persist that epoch's checkpoint.
+    """
+    history = tracker.client.get_metric_history(tracker.run_id, HISTORY_METRIC)
+    return max((int(point.step) for point in history), default=-1)
+
+
+def _supersede(
+    previous: TrialRun,
+    cfg: ExperimentConfig,
+    identity: RunIdentity,
+    extra_tags: dict[str, str],
+) -> TrialRun:
+    """A new MLflow run for an attempt that starts from scratch where ``previous`` (the
+    trial's run, found again by its trial id) already holds an earlier attempt's history.
+
+    Why a new run rather than new steps in the old one: a run's history then always
+    describes one attempt, its ``loss`` steps 0..N-1 of one training, so curves, the last
+    values and the report never mix a failed or cut-off attempt with the one that finished
+    (a retried trial's steps read ``[0, 1, 0, 1]`` before). The old run keeps what it
+    logged, is linked to its successor (``clarlab.superseded_by`` on it,
+    ``clarlab.supersedes`` on the new one), ends FAILED if its attempt had failed (its
+    error moved to ``clarlab.previous_error`` when the run was reopened) and KILLED
+    otherwise, and is then deleted in MLflow's sense (lifecycle ``deleted``, restorable
+    with ``mlflow runs restore``): every search of active runs -- the trial lookup of
+    :meth:`TrialRun.open`, :func:`core.tracking.find_trial_runs`, the UI's runs table --
+    sees exactly one run per trial. The new run is created before the old one is deleted
+    and found again by its ``clarlab.supersedes`` tag, so an attempt killed in between
+    leaves no second run behind: the next attempt finishes the move.
+    """
+    from core.tracking import TAG_PARENT, TAG_PREVIOUS_ERROR, TAG_RESUME_COUNT, TrialRun
+
+    client = previous.client
+    old = client.get_run(previous.run_id)
+    old_id = old.info.run_id
+    now_ms = int(time.time() * 1000)
+    pending = client.search_runs(
+        [old.info.experiment_id], filter_string=f"tags.`{TAG_SUPERSEDES}` = '{old_id}'"
+    )
+    if pending:
+        new_id = pending[0].info.run_id
+    else:
+        tags = {TAG_SUPERSEDES: old_id}
+        if old.data.tags.get(TAG_PARENT):
+            tags[TAG_PARENT] = old.data.tags[TAG_PARENT]
+        new_id = client.create_run(
+            old.info.experiment_id, start_time=now_ms, tags=tags, run_name=old.info.run_name
+        ).info.run_id
+    client.set_tag(old_id, TAG_SUPERSEDED_BY, new_id)
+    failed = TAG_PREVIOUS_ERROR in old.data.tags
+    client.set_terminated(old_id, status="FAILED" if failed else "KILLED", end_time=now_ms)
+    client.delete_run(old_id)
+    tracker = TrialRun.open(cfg, identity, run_id=new_id, extra_tags=extra_tags)
+    # Opening by id counts a resume; this run was never resumed.
+    client.delete_tag(new_id, TAG_RESUME_COUNT)
+    return tracker
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -372,9 +482,31 @@ def load_trial_data(cfg: ExperimentConfig, progress: bool) -> TrialData:
 
 
 def save_checkpoint(folder: Path, state: dict[str, Any]) -> Path:
-    """Write the trial state in a ``weights_only=True``-loadable form."""
+    """Write the trial state in a ``weights_only=True``-loadable form, atomically.
+
+    The state goes to a temporary file in the same folder, is fsynced, and only then
+    replaces ``state.pt`` (``os.replace`` within one file system is atomic); the folder is
+    fsynced so the rename itself survives a power cut. A writer killed mid-write, or a full
+    disk, therefore leaves the previous complete ``state.pt`` (or none), never a torn file
+    that a restore would fail on; the temporary file is removed when the write raises.
+    """
     folder.mkdir(parents=True, exist_ok=True)
-    torch.save(state, folder / CHECKPOINT_FILE)
+    target = folder / CHECKPOINT_FILE
+    handle, temporary = tempfile.mkstemp(prefix=f".{CHECKPOINT_FILE}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            torch.save(state, stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    directory = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
     return folder
 
 
@@ -466,17 +598,31 @@ def run_loop(
             # The trial had ended (last epoch or early stop) when its host was interrupted:
             # nothing is left to train; only make sure its MLflow run says so.
             if is_main and run_id:
-                _finish_completed_run(cfg, identity, run_id)
+                _finish_completed_run(cfg, identity, run_id, state["epoch"], state["metrics"])
             return dict(state["metrics"])
 
+    # The MLflow history follows the checkpoints. An epoch is logged before its checkpoint
+    # is reported, so an attempt killed in between logged an epoch that the next attempt
+    # (restored from the checkpoint before) trains again: epochs up to the last one in the
+    # history are trained, not logged twice (a resumed trial's steps read [0, 1, 1] before).
+    # The replay draws the same seeds (_epoch_seed), so on CPU it computes what was logged.
+    # An attempt from scratch in a run that holds history gets a new run (see _supersede).
     tracker = None
+    logged_through = -1  # the last epoch already in the run's history
+    placement = _all_placements(context.placement_tags(), world)  # every rank takes part
     if is_main:
-        tracker = TrialRun.open(
-            cfg,
-            identity,
-            run_id=run_id,
-            extra_tags={"clarlab.cache_hash": data.cache.content_hash, **context.placement_tags()},
-        )
+        extra_tags = {"clarlab.cache_hash": data.cache.content_hash, **placement}
+        tracker = TrialRun.open(cfg, identity, run_id=run_id, extra_tags=extra_tags)
+        if tracker.resumed:
+            logged_through = _last_logged_epoch(tracker)
+        if start_epoch == 0 and logged_through >= 0:
+            tracker = _supersede(tracker, cfg, identity, extra_tags)
+            logged_through = -1
+        elif restore_dir is not None and logged_through < start_epoch - 1:
+            # Not reached while epochs are logged before their checkpoints; kept so that a
+            # checkpoint whose epoch the history lacks still leaves no gap at its epoch.
+            tracker.log_metrics(state["metrics"], step=start_epoch - 1)
+            logged_through = start_epoch - 1
         if start_epoch == 0:
             tracker.log_config(cfg)
     final: dict[str, float] = {}
@@ -555,7 +701,8 @@ def run_loop(
                         "metrics": metrics,
                     },
                 )
-                tracker.log_metrics(metrics, step=epoch)
+                if epoch > logged_through:
+                    tracker.log_metrics(metrics, step=epoch)
                 if full_evaluation and evaluation:
                     # Artifacts at the test pace only, not for every epoch's validation check.
                     tracker.log_evaluation(
@@ -572,6 +719,8 @@ def run_loop(
                 reported[PER_CLASS_KEY] = json.dumps(
                     dict(zip(test_result.class_names, test_result.per_class_f1, strict=True))
                 )
+            _inject_fault("kill_before_report", epoch, 0, rank)
+            _inject_fault("pause_before_report", epoch, 0, rank)
             context.report(reported, checkpoint_dir)
             if checkpoint_dir is not None:
                 shutil.rmtree(checkpoint_dir, ignore_errors=True)
@@ -591,6 +740,10 @@ def run_loop(
         raise
     except BaseException as error:
         if tracker:
+            # The cause in the run's clarlab.error tag, the whole traceback beside it as
+            # error.txt (the terminal shows one line); a dead server loses only the latter.
+            with contextlib.suppress(Exception):
+                tracker.client.log_text(tracker.run_id, traceback.format_exc(), "error.txt")
             tracker.finish("FAILED", error=f"{type(error).__name__}: {error}")
         raise
     if tracker:

@@ -91,17 +91,20 @@ def mlflow_server(node_ip: str, tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="module")
 def two_nodes():
-    """A head with 1 CPU and a second node with 2 CPUs and the ``second_node`` resource."""
+    """A head with 1 CPU and a second node with 2 CPUs and the ``second_node`` resource;
+    each node has one ``slot``."""
     import ray
     from ray.cluster_utils import Cluster
 
     if ray.is_initialized():
         ray.shutdown()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # One "slot" per node: a trial whose workers each need a slot has one worker per node.
     cluster = Cluster(
-        initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False}
+        initialize_head=True,
+        head_node_args={"num_cpus": 1, "include_dashboard": False, "resources": {"slot": 1}},
     )
-    second = cluster.add_node(num_cpus=2, resources={"second_node": 2})
+    second = cluster.add_node(num_cpus=2, resources={"second_node": 2, "slot": 1})
     cluster.wait_for_nodes()
     try:
         yield cluster, second.node_id
@@ -143,3 +146,37 @@ def test_a_trial_on_another_node_logs_to_the_drivers_server(
     assert {"loss", "test_top1"} <= set(child.data.metrics)
     parent = tracking_client(outcome.tracking_uri).get_run(outcome.parent_run_id)
     assert parent.info.status == "FINISHED"
+
+
+def test_a_two_worker_trial_spans_both_nodes_and_logs_over_http(
+    two_nodes, mlflow_server, node_ip, fsdd_root: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    """A TorchTrainer trial with one worker on each node (gloo across the two raylets):
+    rank 0 logs the one run to the driver's server over HTTP, and the run names both
+    nodes."""
+    cluster, second_node_id = two_nodes
+    port = mlflow_server
+    outcome = run_sweep(
+        SweepRequest(
+            preset="quick",
+            overrides={**_tiny(fsdd_root, cache_dir), "train.batch_size": 8},
+            axis_values={"augment.pipeline": ["TM"], "frontend.name": ["stft3"]},
+            address=cluster.address,
+            workers_per_trial=2,
+            worker_resources={"slot": 1},
+            controls=False,
+            tracking_uri=f"http://localhost:{port}",
+            results_dir=tmp_path / "results",
+            command_line="pytest multinode two workers",
+        ),
+        stream=io.StringIO(),
+    )
+    assert outcome.resources.use_torch_trainer and outcome.resources.workers_per_trial == 2
+    assert [record.status for record in outcome.records] == ["FINISHED"]
+    (child,) = find_trial_runs(outcome.tracking_uri, outcome.parent_run_id)
+    assert child.info.status == "FINISHED"
+    nodes = set(child.data.tags["clarlab.ray_node_ids"].split(","))
+    head_node_id = cluster.head_node.node_id
+    assert nodes == {head_node_id, second_node_id}, "one worker on each node"
+    history = tracking_client(outcome.tracking_uri).get_metric_history(child.info.run_id, "loss")
+    assert [point.step for point in history] == [0]

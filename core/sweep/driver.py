@@ -25,6 +25,7 @@ from urllib.parse import urlparse
 
 from ray import tune
 
+from core.sweep.disk import check_sweep_disk
 from core.sweep.dryrun import print_dry_run
 from core.sweep.preflight import check_trials
 from core.sweep.progress import SweepProgress
@@ -121,19 +122,23 @@ def prepare_trials(request: SweepRequest) -> tuple[SearchSpace, list[Trial], Res
         seeds=seeds_for(request),
         controls=request.controls,
     )
-    first = trials[0].config.train
+    return space, trials, plan_for_request(request, trials[0].config.train)
+
+
+def plan_for_request(request: SweepRequest, train: Any) -> Resources:
+    """Resources per trial from the request's flags and a trial's ``train`` section
+    (GPUs default to one per worker when the preset trains on GPU)."""
     gpus = request.gpus_per_worker
     if gpus is None:
-        gpus = 1.0 if first.use_gpu else 0.0
-    resources = plan_resources(
-        workers_per_trial=first.num_workers,
+        gpus = 1.0 if train.use_gpu else 0.0
+    return plan_resources(
+        workers_per_trial=train.num_workers,
         cpus_per_worker=request.cpus_per_worker,
         gpus_per_worker=gpus,
         max_concurrent_trials=request.max_concurrent,
         force_torch_trainer=request.force_torch_trainer,
         custom_per_worker=request.worker_resources,
     )
-    return space, trials, resources
 
 
 def run_sweep(request: SweepRequest, stream: TextIO | None = None) -> SweepOutcome:
@@ -158,16 +163,11 @@ def run_sweep(request: SweepRequest, stream: TextIO | None = None) -> SweepOutco
         return SweepOutcome("dry-run", results_dir, trials, resources)
     if not request.address:  # a local cluster: refuse what it can never hold before starting it
         resources = replan(resources, local_resources(request.num_cpus))
+    check_sweep_disk(results_dir, request.storage_path)  # before anything is written there
     check_trials(trials)
 
     from core import tracking as mlflow_tracking
 
-    run_name = request.run_name or unique_run_name(
-        results_dir, f"{space.ablation}-{request.preset or 'base'}"
-    )
-    run_dir = results_dir / run_name
-    if (run_dir / "sweep.json").exists():
-        raise SearchSpaceError(f"{run_dir} already holds a sweep; --resume {run_name} continues it")
     identity = RunIdentity(
         tracking_uri=request.tracking_uri,
         experiment=request.experiment or f"clarlab-{space.ablation}",
@@ -175,22 +175,41 @@ def run_sweep(request: SweepRequest, stream: TextIO | None = None) -> SweepOutco
         results_dir=results_dir,
     )
     tracking_uri = mlflow_tracking.resolve_tracking_uri(identity)
+    server_checked = check_tracking_before_ray(tracking_uri, request)
+    run_name = request.run_name or unique_run_name(
+        results_dir, f"{space.ablation}-{request.preset or 'base'}"
+    )
+    run_dir = results_dir / run_name
+    if (run_dir / "sweep.json").exists():
+        raise SearchSpaceError(f"{run_dir} already holds a sweep; --resume {run_name} continues it")
     available = start_ray(request)
     resources = replan(resources, available)
     identity = replace(identity, tracking_uri=reachable_tracking_uri(tracking_uri, stream))
-    parent_run_id = mlflow_tracking.start_parent_run(
-        identity,
-        tags={
-            "clarlab.preset": request.preset or "none",
-            "clarlab.dataset": trials[0].config.data.dataset,
-            "clarlab.command_line": (request.command_line or " ".join(sys.argv))[:5000],
-            "clarlab.search_space": str(space.source),
-            "clarlab.sweep_run_name": run_name,
-            "clarlab.seeds": str(seeds_for(request)),
-            "clarlab.results_kind": "pipeline check" if request.preset == "quick" else "results",
-        },
-        run_name=run_name,
-    )
+    if not server_checked:  # the address the trials use is known now; nothing launched yet
+        mlflow_tracking.check_tracking_server(identity.tracking_uri)
+    with mlflow_tracking.reaching(identity.tracking_uri, "creating the sweep's parent run"):
+        parent_run_id = mlflow_tracking.start_parent_run(
+            identity,
+            tags={
+                "clarlab.preset": request.preset or "none",
+                "clarlab.dataset": trials[0].config.data.dataset,
+                "clarlab.command_line": (request.command_line or " ".join(sys.argv))[:5000],
+                "clarlab.search_space": str(space.source),
+                "clarlab.sweep_run_name": run_name,
+                "clarlab.seeds": str(seeds_for(request)),
+                "clarlab.results_kind": (
+                    "pipeline check" if request.preset == "quick" else "results"
+                ),
+            },
+            run_name=run_name,
+            metric=space.metric,
+            cell_settings=sorted({name for axis in space.axes for name in axis.fields}),
+        )
+        experiment_id = (
+            mlflow_tracking.tracking_client(identity.tracking_uri)
+            .get_run(parent_run_id)
+            .info.experiment_id
+        )
     identity = replace(identity, parent_run_id=parent_run_id)
     storage_root = request.storage_path.rstrip("/") if request.storage_path else str(results_dir)
     state = SweepState(
@@ -215,36 +234,108 @@ def run_sweep(request: SweepRequest, stream: TextIO | None = None) -> SweepOutco
     print(
         f"sweep {run_name}: {len(trials)} trials; {resources.describe()}\n"
         f"  results: {run_dir}\n  "
-        f"{mlflow_hint(state.tracking_uri, identity.experiment, parent_run_id)}",
+        f"{mlflow_hint(state.tracking_uri, identity.experiment, parent_run_id, experiment_id)}",
         file=stream,
         flush=True,
     )
+    quiet_trial_errors()
     fit_seconds = _fit(state, request, restore=False)
     return finish_sweep(state, run_dir, stream, set_status=True, fit_seconds=fit_seconds)
 
 
 def _continue_sweep(request: SweepRequest, results_dir: Path, stream: TextIO) -> SweepOutcome:
     """``--resume``: finished trials stay, unfinished ones continue from their checkpoints,
-    and they all keep their MLflow runs. ``--report-only``: just rebuild the report."""
+    and they all keep their MLflow runs. ``--report-only``: just rebuild the report.
+
+    A resume checks the tracking server before Ray starts, and reruns the failed trials
+    when some failed because the server could not be reached (see
+    :func:`_rerun_unreachable_failures`)."""
     which = request.resume or request.report_only
     ablation = load_search_space(request.search_space).ablation if which is True else None
     run_dir = find_sweep(results_dir, which, ablation)
+    SweepState.ensure_trusted(run_dir)  # before Tune unpickles anything from the folder
     state = SweepState.load(run_dir)
     if request.report_only:
         return finish_sweep(state, run_dir, stream, set_status=False)
 
     from core import tracking as mlflow_tracking
 
+    mlflow_tracking.check_tracking_server(state.tracking_uri)
+    check_sweep_disk(run_dir, state.experiment_path)
+    request = _rerun_unreachable_failures(state, request, stream)
     start_ray(request)
     client = mlflow_tracking.tracking_client(state.tracking_uri)
-    client.update_run(state.parent_run_id, status="RUNNING")
+    with mlflow_tracking.reaching(state.tracking_uri, "reopening the sweep's parent run"):
+        client.update_run(state.parent_run_id, status="RUNNING")
     print(
         f"resuming sweep {state.run_name} ({len(state.trials)} trials) from {run_dir}",
         file=stream,
         flush=True,
     )
+    quiet_trial_errors()
     fit_seconds = _fit(state, request, restore=True)
     return finish_sweep(state, run_dir, stream, set_status=True, fit_seconds=fit_seconds)
+
+
+def check_tracking_before_ray(tracking_uri: str, request: SweepRequest) -> bool:
+    """Check the tracking server before Ray starts (one request, a few seconds; MLflow's
+    own retries took minutes to fail, after Ray had started). True when checked.
+
+    A loopback URI given with ``--address`` waits: on a cluster of several nodes the
+    driver hands trials the head's address instead (:func:`reachable_tracking_uri`), and
+    only Ray knows that, so that address is checked once Ray is connected, still before
+    the parent run or any trial starts.
+    """
+    from core import tracking as mlflow_tracking
+
+    host = urlparse(tracking_uri).hostname
+    if request.address and host and _is_loopback(host):
+        return False
+    mlflow_tracking.check_tracking_server(tracking_uri)
+    return True
+
+
+def _rerun_unreachable_failures(
+    state: SweepState, request: SweepRequest, stream: TextIO
+) -> SweepRequest:
+    """The request for a resume: with ``retry_failed`` set when trials failed because the
+    MLflow server could not be reached. They did not fail on their own, and a resume
+    after the server is back should finish them; Tune reruns all failed trials or none,
+    so the ones that failed on their own run again too (and fail again, if they must).
+    Each rerun from scratch logs into a new MLflow run (``core.train``), so no run mixes
+    two attempts."""
+    from core.report import FAILED
+    from core.sweep.results import collect_records, unreachable_failures
+
+    if request.retry_failed:
+        return request
+    records = collect_records(state.experiment_path, state.trials)
+    lost = unreachable_failures(records)
+    if not lost:
+        return request
+    failed = sum(record.status == FAILED for record in records)
+    print(
+        f"{len(lost)} of the {failed} failed trials failed because MLflow could not be "
+        f"reached; rerunning the failed trials",
+        file=stream,
+        flush=True,
+    )
+    return replace(request, retry_failed=True)
+
+
+def quiet_trial_errors() -> None:
+    """Keep Tune from printing every failed trial's traceback (about 80 lines) and its
+    own blocks to the terminal. The progress line and the summary name each failure's
+    cause in one line; the traceback stays in the trial's ``error.txt`` (named on that
+    line) and in its MLflow run (the ``clarlab.error`` tag).
+
+    Tune logs the traceback unless ``TUNE_PRINT_ALL_TRIAL_ERRORS=0``. Its newer output
+    engine also prints a configuration box at the start and an "errored after ..." block
+    per failure whatever ``RunConfig.verbose`` says; ``RAY_AIR_NEW_OUTPUT=0`` selects the
+    engine that honours ``verbose=0``. Both are Tune's own switches, read when a run of
+    the experiment starts; values the user exported win."""
+    os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 
 def _fit(state: SweepState, request: SweepRequest, restore: bool) -> float:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from ray import tune
@@ -16,7 +17,10 @@ class SweepProgress(tune.Callback):
     status line (done / running / pending, best so far) at most every ``every_s`` seconds.
 
     It prints to ``sys.stdout`` at call time rather than holding a stream, because Tune
-    pickles its callbacks into the experiment state that ``--resume`` restores.
+    pickles its callbacks into the experiment state that ``--resume`` restores. A restored
+    callback is the one pickled when the sweep started, so each run of the experiment
+    starts its clock again and takes the best so far from every trial Tune restored
+    (trials that finished before an interruption report nothing more).
     """
 
     def __init__(self, total: int, metric: str, every_s: float = 30.0) -> None:
@@ -26,6 +30,22 @@ class SweepProgress(tune.Callback):
         self.best: tuple[float, str] | None = None
         self.last_print = 0.0
         self.started = time.time()
+        self.seeded = False
+
+    def setup(self, **info: Any) -> None:
+        """Called by Tune at the start of every run of the experiment, a restored one too."""
+        self.started = time.time()
+        self.seeded = False
+
+    def _seed(self, trials: Sequence[Any]) -> None:
+        """The best so far over the trials Tune holds already (finished before a resume)."""
+        for trial in trials:
+            self._consider((trial.last_result or {}).get(self.metric), trial)
+        self.seeded = True
+
+    def _consider(self, value: Any, trial: Any) -> None:
+        if value is not None and (self.best is None or value > self.best[0]):
+            self.best = (float(value), trial_name(trial))
 
     def status_line(self, trials: Sequence[Any]) -> str:
         done = sum(trial.status == "TERMINATED" for trial in trials)
@@ -46,9 +66,7 @@ class SweepProgress(tune.Callback):
     def on_trial_result(
         self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
     ) -> None:
-        value = result.get(self.metric)
-        if value is not None and (self.best is None or value > self.best[0]):
-            self.best = (float(value), trial_name(trial))
+        self._consider(result.get(self.metric), trial)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         value = (trial.last_result or {}).get(self.metric)
@@ -57,8 +75,20 @@ class SweepProgress(tune.Callback):
         self._say(self.status_line(trials))
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._say(f"  FAILED   {trial_name(trial)}: see {trial.error_file or trial.path}")
+        """One line with the cause; the traceback stays in Tune's error file (named here)
+        and in the trial's MLflow run, not in the terminal (see ``quiet_trial_errors``)."""
+        from core.sweep.results import error_summary
+
+        where = ""
+        if trial.error_file:  # Tune's staging copy now; named where it ends up (trial.path)
+            kept = f"{trial.path}/{Path(trial.error_file).name}" if trial.path else trial.error_file
+            where = f" (traceback: {kept})"
+        self._say(f"  FAILED   {trial_name(trial)}: {error_summary(trial.error_file)}{where}")
         self._say(self.status_line(trials))
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        if not getattr(self, "seeded", False):  # a callback pickled by an older version lacks it
+            self._seed(trials)
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         if time.time() - self.last_print >= self.every_s:

@@ -36,17 +36,41 @@ class SweepOutcome:
     report: ReportFiles | None = None
     summary: str = ""
     fit_seconds: float | None = None  # wall time of this invocation's Tune run
+    # Set when the MLflow server could not be reached at the report: the report is local
+    # only and the parent run was not updated (``--resume`` attaches it later).
+    tracking_error: str | None = None
 
     @property
     def complete(self) -> bool:
-        """Every trial ended (finished or failed): nothing is left to resume."""
-        return len(self.records) == len(self.trials) and all(
-            record.status in (FINISHED, FAILED) for record in self.records
+        """Every trial ended (finished, or failed on its own) and MLflow has the report:
+        nothing is left to resume. A trial that failed because the tracking server could
+        not be reached is left: ``--resume`` reruns it."""
+        return (
+            self.tracking_error is None
+            and len(self.records) == len(self.trials)
+            and all(record.status in (FINISHED, FAILED) for record in self.records)
+            and not self.unreachable_failed
         )
 
     @property
     def failed(self) -> list[str]:
         return [record.trial_id for record in self.records if record.status == FAILED]
+
+    @property
+    def unreachable_failed(self) -> list[str]:
+        """The failed trials whose error is that the tracking server could not be reached."""
+        return unreachable_failures(self.records)
+
+
+def unreachable_failures(records: Sequence[TrialRecord]) -> list[str]:
+    """Trials that failed because the MLflow server could not be reached (not on their own)."""
+    from core.tracking import is_unreachable_error
+
+    return [
+        record.trial_id
+        for record in records
+        if record.status == FAILED and is_unreachable_error(record.error)
+    ]
 
 
 _REPORTED_METRICS = (
@@ -118,9 +142,24 @@ def collect_records(experiment_path: str, trials: Sequence[Trial]) -> list[Trial
             )
             record.wall_seconds = (tune_trial.last_result or {}).get("time_total_s")
             if record.status == FAILED:
-                record.error = _error_summary(tune_trial.error_file)
+                record.error = error_summary(_error_file(tune_trial))
         records.append(record)
     return records
+
+
+def _error_file(tune_trial: Any) -> str | None:
+    """A failed trial's error file in its folder of the experiment. ``Trial.error_file``
+    names Tune's staging copy in the running Ray session, and asks Ray for it, so it fails
+    where the report is built without Ray (``--report-only``, the start of ``--resume``)."""
+    import ray
+
+    name = tune_trial.run_metadata.error_filename
+    if not name:
+        return None
+    kept = Path(tune_trial.path, name)
+    if kept.is_file():
+        return str(kept)
+    return tune_trial.error_file if ray.is_initialized() else None
 
 
 def epochs_planned(cfg: Any) -> int:
@@ -164,7 +203,7 @@ def _history(frame: Any) -> dict[str, list[tuple[int, float]]]:
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b[^:\s]*: ")
 
 
-def _error_summary(error_file: str | None) -> str:
+def error_summary(error_file: str | None) -> str:
     """The innermost exception line of a Tune error file, shortened. A message spanning
     several lines (a state dict mismatch) keeps its first line, which names the cause."""
     if not error_file or not Path(error_file).is_file():
@@ -175,13 +214,31 @@ def _error_summary(error_file: str | None) -> str:
     return chosen[:300]
 
 
-def mlflow_hint(tracking_uri: str, experiment: str, run_id: str | None) -> str:
-    """How to look at the sweep: the UI command for a local store, the URL for a server."""
+def mlflow_hint(
+    tracking_uri: str, experiment: str, run_id: str | None, experiment_id: str | None = None
+) -> str:
+    """How to look at the sweep: the UI command for a local store, the URL for a server.
+
+    Links carry MLflow's training-view parameter: MLflow 3.17 opens an experiment in its
+    GenAI view (traces) unless told, whatever the experiment's tags say. With the
+    experiment id, the link opens the sweep's saved view of its trials (test_top1 and the
+    swept settings as columns, see core.tracking.save_sweep_view)."""
+    from core.tracking import UI_TRAINING_VIEW_QUERY, UI_VIEW_QUERY_KEY
+
     if tracking_uri.startswith(("http://", "https://")):
-        return f"MLflow: {tracking_uri.rstrip('/')}/#/experiments (experiment {experiment!r}, parent run {run_id})"
+        base = tracking_uri.rstrip("/")
+        if experiment_id is not None and run_id is not None:
+            link = (
+                f"{base}/#/experiments/{experiment_id}/runs?{UI_TRAINING_VIEW_QUERY}"
+                f"&{UI_VIEW_QUERY_KEY}={run_id}"
+            )
+        else:
+            link = f"{base}/#/experiments?{UI_TRAINING_VIEW_QUERY}"
+        return f"MLflow: {link} (experiment {experiment!r}, parent run {run_id})"
     return (
         f"MLflow: mlflow ui --host 127.0.0.1 --backend-store-uri {tracking_uri}\n"
-        f"        then open http://127.0.0.1:5000 (experiment {experiment!r}, parent run {run_id})"
+        f"        then open http://127.0.0.1:5000/#/experiments?{UI_TRAINING_VIEW_QUERY} "
+        f"(experiment {experiment!r}, parent run {run_id})"
     )
 
 
@@ -192,7 +249,15 @@ def finish_sweep(
     set_status: bool,
     fit_seconds: float | None = None,
 ) -> SweepOutcome:
-    """Write the report, attach it to the parent run, end the parent, print the summary."""
+    """Write the report, attach it to the parent run, end the parent, print the summary.
+
+    The report is written locally first. An MLflow server that cannot be reached then
+    leaves the parent run as it is, and the sweep ends anyway: the outcome carries
+    ``tracking_error`` (incomplete, so the command exits 130 rather than with a
+    traceback), and the summary says that ``--resume`` attaches the report once the
+    server answers. The server is asked once, quickly, before the report goes up, so a
+    dead server costs seconds here, not MLflow's retries for every call.
+    """
     from core import tracking as mlflow_tracking
 
     records = collect_records(state.experiment_path, state.trials)
@@ -207,17 +272,6 @@ def finish_sweep(
         table=state.report,
     )
     uri, parent = state.tracking_uri, state.parent_run_id
-    log_report_to_run(uri, parent, report.files)
-    client = mlflow_tracking.tracking_client(uri)
-    for panel, matrix in report.matrices.items():
-        corner = matrix.values[-1, -1]
-        if not math.isnan(corner):
-            client.log_metric(parent, f"{state.metric}_mean_{panel}", float(corner))
-        if matrix.best is not None:
-            client.log_metric(parent, f"{state.metric}_best_{panel}", matrix.best[2])
-    for cell in report.cells.values():
-        if cell.role != "cell" and cell.scores.by_seed:  # the controls, by name
-            client.log_metric(parent, f"{state.metric}_{cell.cell_id}", cell.interval.mean)
     outcome = SweepOutcome(
         run_name=state.run_name,
         run_dir=run_dir,
@@ -230,8 +284,12 @@ def finish_sweep(
         report=report,
         fit_seconds=fit_seconds,
     )
-    if set_status:
-        mlflow_tracking.finish_run(uri, parent, "FINISHED" if outcome.complete else "KILLED")
+    try:
+        mlflow_tracking.check_tracking_server(uri)
+        with mlflow_tracking.reaching(uri, f"attaching the report to parent run {parent}"):
+            _attach_report(state, report, outcome, set_status)
+    except mlflow_tracking.TrackingServerError as error:
+        outcome.tracking_error = error.reason
     lines = [
         "",
         f"sweep {state.run_name}"
@@ -240,11 +298,60 @@ def finish_sweep(
         f"report: {run_dir / 'report'}",
         mlflow_hint(uri, state.identity.experiment, parent),
     ]
+    tracking_lines = _tracking_lines(outcome)
+    lines.extend(tracking_lines)
     if not outcome.complete:
         lines.append(
             f"the sweep is incomplete; continue it with --resume {state.run_name} "
             f"(--results {run_dir.parent})"
+            + (
+                " once the MLflow server answers: it reruns the trials the server's absence "
+                "failed and attaches the report"
+                if tracking_lines
+                else ""
+            )
         )
     outcome.summary = "\n".join(lines)
     print(outcome.summary, file=stream, flush=True)
     return outcome
+
+
+def _attach_report(
+    state: SweepState, report: ReportFiles, outcome: SweepOutcome, set_status: bool
+) -> None:
+    """The report's files and headline metrics on the parent run; then end it, FINISHED
+    when nothing is left to resume, else KILLED."""
+    from core import tracking as mlflow_tracking
+
+    uri, parent = state.tracking_uri, state.parent_run_id
+    log_report_to_run(uri, parent, report.files)
+    client = mlflow_tracking.tracking_client(uri)
+    for panel, matrix in report.matrices.items():
+        corner = matrix.values[-1, -1]
+        if not math.isnan(corner):
+            client.log_metric(parent, f"{state.metric}_mean_{panel}", float(corner))
+        if matrix.best is not None:
+            client.log_metric(parent, f"{state.metric}_best_{panel}", matrix.best[2])
+    for cell in report.cells.values():
+        if cell.role != "cell" and cell.scores.by_seed:  # the controls, by name
+            client.log_metric(parent, f"{state.metric}_{cell.cell_id}", cell.interval.mean)
+    if set_status:
+        mlflow_tracking.finish_run(uri, parent, "FINISHED" if outcome.complete else "KILLED")
+
+
+def _tracking_lines(outcome: SweepOutcome) -> list[str]:
+    """What the MLflow server's absence left undone, for the summary (nothing if none)."""
+    from core.tracking import shown_uri
+
+    server = f"MLflow at {shown_uri(outcome.tracking_uri or '')}"
+    lines = []
+    if outcome.tracking_error:
+        lines.append(
+            f"{server} could not be reached ({outcome.tracking_error}): the report is local "
+            f"only and parent run {outcome.parent_run_id} was not updated"
+        )
+    lost = outcome.unreachable_failed
+    if lost:
+        shown = ", ".join(lost[:4]) + (f" and {len(lost) - 4} more" if len(lost) > 4 else "")
+        lines.append(f"{len(lost)} trial(s) failed because {server} could not be reached ({shown})")
+    return lines

@@ -963,7 +963,7 @@ def run_search(request: SweepRequest, stream: TextIO | None = None) -> SearchOut
     check_trials([_largest(search)])
 
     from core import tracking as mlflow_tracking
-    from core.sweep.driver import reachable_tracking_uri, start_ray
+    from core.sweep.driver import check_tracking_before_ray, reachable_tracking_uri, start_ray
 
     space, config = search.space, search.base.config
     run_name = request.run_name or unique_run_name(
@@ -981,8 +981,11 @@ def run_search(request: SweepRequest, stream: TextIO | None = None) -> SearchOut
         results_dir=results_dir,
     )
     tracking_uri = mlflow_tracking.resolve_tracking_uri(identity)
+    server_checked = check_tracking_before_ray(tracking_uri, request)  # exit 2, one line
     resources = replan(resources, start_ray(request))
     identity = replace(identity, tracking_uri=reachable_tracking_uri(tracking_uri, stream))
+    if not server_checked:
+        mlflow_tracking.check_tracking_server(identity.tracking_uri)
     parent_run_id = mlflow_tracking.start_parent_run(
         identity,
         tags={
@@ -1050,6 +1053,7 @@ def _continue_search(
             file=stream,
         )
     samples = request.samples or state.settings.samples
+    mlflow_tracking.check_tracking_server(state.tracking_uri)
     start_ray(request)
     client = mlflow_tracking.tracking_client(state.tracking_uri)
     client.update_run(state.parent_run_id, status="RUNNING")
@@ -1181,6 +1185,9 @@ def _sample(
             callbacks=[SweepProgress(samples, state.metric, request.progress_every_s)],
         ),
     )
+    from core.sweep.driver import quiet_trial_errors
+
+    quiet_trial_errors()
     started = time.perf_counter()
     grid = tuner.fit()
     fit_seconds = time.perf_counter() - started

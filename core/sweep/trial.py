@@ -27,9 +27,18 @@ from core.tracking import RunIdentity
 TRIAL_ENV = {"MALLOC_ARENA_MAX": "2", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25"}
 
 
+# Passed on to trials only when the driver has them set: the fault-injection hook of the
+# failure tests (core.train.FAULT_ENV; named here so that the driver need not import torch).
+FORWARDED_ENV = ("CLARLAB_INJECT_FAULT",)
+
+
 def trial_environment() -> dict[str, str]:
-    """``TRIAL_ENV``, where a value the user exported wins over the default."""
-    return {name: os.environ.get(name, value) for name, value in TRIAL_ENV.items()}
+    """``TRIAL_ENV``, where a value the user exported wins over the default, plus the
+    ``FORWARDED_ENV`` variables the driver has: a worker of a cluster that was started
+    elsewhere (``--address``) does not inherit the driver's environment."""
+    environment = {name: os.environ.get(name, value) for name, value in TRIAL_ENV.items()}
+    environment.update({name: os.environ[name] for name in FORWARDED_ENV if name in os.environ})
+    return environment
 
 
 def cell_params(trial: Trial, identity: RunIdentity) -> dict[str, Any]:

@@ -1,0 +1,602 @@
+"""Failures with real processes: a Train worker SIGKILLed mid-trial (in-process and in a
+2-worker ``TorchTrainer``), the sweep driver SIGKILLed mid-sweep and resumed (single- and
+multi-worker trials), a results folder on a nearly full disk, and a checkpoint writer
+killed mid-write.
+
+Faults come from the ``CLARLAB_INJECT_FAULT`` hook of :mod:`core.train`: each spec fires
+once, when its marker file exists, so a test arms a fault by creating the marker. Every
+trial here is tiny (real FSDD audio, a width-4 ResNet18, one step an epoch), and every
+MLflow run is read back from the real SQLite store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from mlflow.entities import ViewType
+
+from core.sweep import SweepRequest, run_sweep
+from core.tracking import TAG_RESUME_COUNT, TAG_TRIAL_ID, find_trial_runs, tracking_client
+from core.train import CHECKPOINT_FILE, FAULT_ENV, TAG_SUPERSEDED_BY, TAG_SUPERSEDES
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _tiny(fsdd_root: Path, cache_dir: Path, epochs: int) -> dict[str, Any]:
+    """A trial of ``epochs`` one-step epochs that still runs every stage (cache, augment,
+    front end, train step, evaluation, MLflow, checkpoint) in a second or two."""
+    return {
+        "data.root": str(fsdd_root),
+        "data.cache_dir": str(cache_dir),
+        "data.max_clips": 120,
+        "data.sample_rate": 8000,
+        "data.clip_seconds": 0.5,
+        "model.width": 4,
+        "model.proj_hidden_dim": 16,
+        "model.proj_dim": 16,
+        "model.eval_hidden_dim": 16,
+        "train.epochs": epochs,
+        "train.batch_size": 8,
+        "train.max_steps_per_epoch": 1,
+        "train.eval_epochs": 1,
+    }
+
+
+def _steps(client: Any, run_id: str, key: str = "loss") -> list[int]:
+    """The steps of a metric's MLflow history, in the order they were logged."""
+    history = client.get_metric_history(run_id, key)
+    return [point.step for point in sorted(history, key=lambda p: (p.timestamp, p.step))]
+
+
+def _wait_for(condition: Callable[[], Any], what: str, timeout_s: float = 240) -> Any:
+    """Poll ``condition`` until it returns something truthy (and return that)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"gave up waiting for {what}")
+
+
+# --- checkpoints and disk: no Ray -------------------------------------------------------
+
+_STALLED_WRITER = """
+import sys, time
+from pathlib import Path
+import torch
+import core.train as train
+
+folder, flag = Path(sys.argv[1]), Path(sys.argv[2])
+real_save = torch.save
+
+class Stalling:
+    '''Passes writes through; after the first 4 MB it says so and stalls (to be killed).'''
+    def __init__(self, stream):
+        self.stream, self.written = stream, 0
+    def write(self, data):
+        count = self.stream.write(data)
+        self.written += len(data)
+        if self.written > 4 * 2**20 and not flag.exists():
+            self.stream.flush()
+            flag.touch()
+            time.sleep(120)
+        return count
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+def stalling_save(state, target, *args, **kwargs):
+    if hasattr(target, "write"):
+        target = Stalling(target)
+    else:  # a path: open it ourselves so that the stall happens mid-file too
+        target = Stalling(open(target, "wb"))
+    return real_save(state, target, *args, **kwargs)
+
+torch.save = stalling_save
+train.save_checkpoint(folder, {"epoch": 1, "weights": torch.ones(4 * 2**20)})
+"""
+
+
+@pytest.mark.parametrize("had_checkpoint", [True, False])
+def test_a_checkpoint_writer_killed_mid_write_leaves_no_torn_state(
+    tmp_path: Path, had_checkpoint: bool
+) -> None:
+    """SIGKILL a process halfway through writing ``state.pt`` (16 MB of weights, killed
+    after 4 MB): the folder holds the previous complete checkpoint, or none, and never a
+    file that ``torch.load(weights_only=True)`` fails on."""
+    from core.train import load_checkpoint, save_checkpoint
+
+    folder, flag = tmp_path / "ckpt", tmp_path / "half-written"
+    if had_checkpoint:
+        save_checkpoint(folder, {"epoch": 0, "weights": torch.zeros(8)})
+    writer = subprocess.Popen(
+        [sys.executable, "-c", _STALLED_WRITER, str(folder), str(flag)],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_for(lambda: flag.exists() or writer.poll() is not None, "the writer to stall")
+        assert writer.poll() is None, writer.stderr.read() if writer.stderr else ""
+        writer.send_signal(signal.SIGKILL)
+    finally:
+        writer.kill()
+        writer.wait()
+    assert writer.returncode == -signal.SIGKILL
+    if had_checkpoint:
+        state = load_checkpoint(folder)  # torch.load(..., weights_only=True)
+        assert state["epoch"] == 0 and torch.equal(state["weights"], torch.zeros(8))
+    else:
+        assert not (folder / CHECKPOINT_FILE).exists()
+    # The killed write's bytes sit in a temporary file beside it, never under the real name.
+    leftovers = [p for p in folder.iterdir() if p.name != CHECKPOINT_FILE]
+    assert leftovers and all(p.name.endswith(".tmp") for p in leftovers)
+    assert max(p.stat().st_size for p in leftovers) > 4 * 2**20
+
+
+def test_a_checkpoint_write_that_fails_keeps_the_old_state(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write that raises half-way (a disk that fills up) leaves the previous checkpoint
+    loadable and no temporary file behind."""
+    from core import train
+
+    folder = tmp_path / "ckpt"
+    train.save_checkpoint(folder, {"epoch": 0, "weights": torch.zeros(8)})
+    real_save = torch.save
+
+    def disk_full(state: Any, stream: Any, *args: Any, **kwargs: Any) -> None:
+        real_save(state, stream, *args, **kwargs)  # the bytes reach the file...
+        raise OSError(28, "No space left on device")  # ...and then the disk is full
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        train.save_checkpoint(folder, {"epoch": 1, "weights": torch.ones(1024)})
+    assert train.load_checkpoint(folder)["epoch"] == 0
+    assert [p.name for p in folder.iterdir()] == [CHECKPOINT_FILE]
+
+
+def test_a_results_folder_on_a_nearly_full_disk_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Below the free-space threshold the check names the folder, its free space and the
+    fixes; a folder not created yet is measured on the disk that would hold it; cloud
+    storage is not measured (a local or file:// one is); a bad threshold is refused."""
+    from core.config import ConfigError
+    from core.sweep.disk import MIN_FREE_ENV, DiskSpaceError, check_sweep_disk, free_mb
+
+    results = tmp_path / "not-yet" / "results"
+    free = free_mb(results)
+    assert free > 0 and not results.exists()
+    monkeypatch.setenv(MIN_FREE_ENV, str(int(free) + 10**9))
+    with pytest.raises(DiskSpaceError) as refused:
+        check_sweep_disk(results, storage_path="s3://bucket/clarlab")
+    message = str(refused.value)
+    assert str(results) in message and "results folder" in message
+    assert re.search(r"only [\d,]+ MB free under", message)
+    assert "--results" in message and MIN_FREE_ENV in message
+    assert isinstance(refused.value, ConfigError)  # the CLI turns it into exit code 2
+    monkeypatch.setenv(MIN_FREE_ENV, "1")
+    check_sweep_disk(results, storage_path="s3://bucket/clarlab")  # enough room: silent
+    check_sweep_disk(results, storage_path=f"file://{tmp_path}/storage")
+    monkeypatch.setenv(MIN_FREE_ENV, "lots")
+    with pytest.raises(ConfigError, match=MIN_FREE_ENV):
+        check_sweep_disk(results)
+
+
+def test_the_cli_refuses_a_nearly_full_results_disk_before_ray_starts(
+    fsdd_root: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    """The whole command: exit 2 with one line naming the folder and the fix, and nothing
+    written (no sweep folder, no MLflow store) -- it fails before Ray starts."""
+    from core.sweep.disk import MIN_FREE_ENV, free_mb
+
+    results = tmp_path / "results"
+    environment = {**os.environ, MIN_FREE_ENV: str(int(free_mb(tmp_path)) + 10**9)}
+    command = [
+        sys.executable, "-m", "ablations.run_aug_matrix", "--augs", "FD", "--frontends",
+        "stft3", "--no-controls", "--num-cpus", "1", "--results", str(results),
+        *_cli_settings(fsdd_root, cache_dir, epochs=1),
+    ]  # fmt: skip
+    done = subprocess.run(
+        command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 2, done.stderr
+    assert f"under {results} (the results folder)" in done.stderr
+    assert MIN_FREE_ENV in done.stderr
+    assert not results.exists() or not any(results.iterdir())
+
+
+# --- the driver SIGKILLed: subprocesses with their own local Ray -------------------------
+
+
+def _cli_settings(fsdd_root: Path, cache_dir: Path, epochs: int) -> list[str]:
+    return [f"--set={key}={value}" for key, value in _tiny(fsdd_root, cache_dir, epochs).items()]
+
+
+def _session_processes(session: int) -> list[int]:
+    """Live processes of a session (a driver started with ``start_new_session`` and the
+    local Ray it started), zombies left out."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[3]) == session and fields[0] != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def _kill_session(session: int) -> None:
+    """SIGKILL what is left of a driver's session: a SIGKILLed driver leaves its local
+    Ray's agents and workers behind (some in process groups of their own, so a
+    process-group kill would miss them). Only this session: another test's Ray lives on."""
+    for _ in range(50):
+        left = _session_processes(session)
+        if not left:
+            return
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):  # ended meanwhile
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.1)
+    raise AssertionError(f"processes of session {session} survived SIGKILL: {left}")
+
+
+@dataclass
+class Driver:
+    """A sweep driver in a session of its own."""
+
+    process: subprocess.Popen[str]
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+
+def _start_driver(arguments: list[str], log: Path, fault: str | None = None) -> Driver:
+    environment = {key: value for key, value in os.environ.items() if key != FAULT_ENV}
+    environment.pop("RAY_ADDRESS", None)
+    environment["RAY_AUTH_MODE"] = "disabled"
+    if fault:
+        environment[FAULT_ENV] = fault
+    command = [sys.executable, "-m", "ablations.run_aug_matrix", *arguments]
+    with log.open("w") as stream:
+        process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=environment,
+            stdout=stream,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+    return Driver(process, log)
+
+
+def _sigkill_driver(driver: Driver) -> None:
+    """SIGKILL the driver alone (what `kill -9` or the OOM killer does), then clean up the
+    Ray processes it leaves behind."""
+    driver.process.send_signal(signal.SIGKILL)
+    driver.process.wait()
+    _kill_session(driver.process.pid)
+
+
+def _run_driver(arguments: list[str], log: Path, timeout_s: float = 240) -> int:
+    driver = _start_driver(arguments, log)
+    try:
+        return driver.process.wait(timeout=timeout_s)
+    finally:
+        if driver.process.poll() is None:
+            driver.process.kill()
+            driver.process.wait()
+        _kill_session(driver.process.pid)
+
+
+def _sweep_identity(run_dir: Path) -> tuple[str, str] | None:
+    """(tracking URI, parent run id) once the driver wrote ``sweep.json``."""
+    state_file = run_dir / "sweep.json"
+    if not state_file.is_file():
+        return None
+    identity = json.loads(state_file.read_text())["identity"]
+    return identity["tracking_uri"], identity["parent_run_id"]
+
+
+def _tune_has_checkpoint(experiment_path: Path, trial_id: str) -> bool:
+    """Whether Tune's saved experiment state holds a checkpoint of ``trial_id`` (what a
+    resume restores the trial from)."""
+    from ray import tune
+
+    if not tune.Tuner.can_restore(str(experiment_path)):
+        return False
+    try:
+        analysis = tune.ExperimentAnalysis(str(experiment_path))
+    except (OSError, ValueError):  # caught while the driver rewrites it: look again
+        return False
+    return any(
+        trial.config["cell"]["trial_id"] == trial_id and trial.checkpoint is not None
+        for trial in analysis.trials
+    )
+
+
+def _train_has_checkpoint(trainer_dir: Path) -> bool:
+    """Whether Ray Train's checkpoint record of a ``TorchTrainer`` run (what a trainer of
+    the same name restores from) names a checkpoint."""
+    try:
+        snapshot = json.loads((trainer_dir / "checkpoint_manager_snapshot.json").read_text())
+    except (OSError, ValueError):  # not written yet, or caught mid-write: look again
+        return False
+    return bool((snapshot.get("latest_checkpoint_result") or {}).get("checkpoint_dir_name"))
+
+
+def _assert_clean_sweep(run_dir: Path, trial_ids: set[str], epochs: int) -> dict[str, Any]:
+    """Every trial TERMINATED once in Tune's state; one active MLflow run per trial id,
+    FINISHED, with loss steps 0..epochs-1 logged once each; no run of the experiment left
+    RUNNING (the parent included, superseded runs included). Returns the runs by trial id."""
+    from ray import tune
+
+    identity = _sweep_identity(run_dir)
+    assert identity is not None, f"no sweep.json in {run_dir}"
+    uri, parent_id = identity
+    analysis = tune.ExperimentAnalysis(str(run_dir / "tune"))
+    names = sorted(trial.config["cell"]["trial_id"] for trial in analysis.trials)
+    assert names == sorted(trial_ids)
+    assert {trial.status for trial in analysis.trials} == {"TERMINATED"}
+
+    client = tracking_client(uri)
+    runs = find_trial_runs(uri, parent_id)
+    by_trial = {run.data.tags[TAG_TRIAL_ID]: run for run in runs}
+    assert len(runs) == len(by_trial) and set(by_trial) == trial_ids  # no duplicate runs
+    for trial_id, run in by_trial.items():
+        assert run.info.status == "FINISHED", trial_id
+        assert _steps(client, run.info.run_id) == list(range(epochs)), trial_id
+        assert _steps(client, run.info.run_id, "epoch") == list(range(epochs)), trial_id
+    parent = client.get_run(parent_id)
+    assert parent.info.status == "FINISHED"
+    everything = client.search_runs([parent.info.experiment_id], run_view_type=ViewType.ALL)
+    assert [run.info.run_id for run in everything if run.info.status == "RUNNING"] == []
+    return by_trial
+
+
+def test_a_sigkilled_driver_resumes_without_lost_or_duplicated_trials(
+    fsdd_root: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    """A 4-trial sweep, one trial at a time: once the first trial finished, the second is
+    held right after it logged its last epoch to MLflow and before that epoch's checkpoint
+    is reported, and the driver is SIGKILLed there. ``--resume`` in a new process finishes
+    the sweep: nothing lost, nothing run or logged twice, nothing left RUNNING."""
+    results, marker = tmp_path / "results", tmp_path / "pause-marker"
+    run_dir = results / "r"
+    common = ["--results", str(results), "--num-cpus", "2", "--progress-every", "600"]
+    first_run = [
+        "--augs", "PS", "FD", "--frontends", "stft3", "--no-controls", "--max-concurrent", "1",
+        "--run-name", "r", *common, *_cli_settings(fsdd_root, cache_dir, epochs=2),
+    ]  # fmt: skip
+    driver = _start_driver(
+        first_run, tmp_path / "first.log", fault=f"pause_before_report:1:0:0:{marker}"
+    )
+    try:
+        uri, parent_id = _wait_for(lambda: _sweep_identity(run_dir), "sweep.json")
+
+        def finished_runs() -> list[Any]:
+            runs = find_trial_runs(uri, parent_id)
+            return [run for run in runs if run.info.status == "FINISHED"]
+
+        (done_before,) = _wait_for(finished_runs, "the first trial to finish")
+        marker.touch()  # arm: the next trial to end its epoch 1 is held there
+        _wait_for(lambda: not marker.exists(), "the second trial to reach the fault")
+        (held,) = [run for run in find_trial_runs(uri, parent_id) if run.info.status == "RUNNING"]
+        held_id = held.data.tags[TAG_TRIAL_ID]
+        _wait_for(
+            lambda: _tune_has_checkpoint(run_dir / "tune", held_id),
+            "Tune to save the held trial's epoch-0 checkpoint",
+        )
+        assert driver.process.poll() is None, driver.output()
+        client = tracking_client(uri)
+        assert _steps(client, held.info.run_id) == [0, 1]  # epoch 1 logged, not checkpointed
+    finally:
+        _sigkill_driver(driver)
+    assert driver.process.returncode == -signal.SIGKILL
+
+    code = _run_driver(["--resume", "r", *common], tmp_path / "resume.log")
+    assert code == 0, (tmp_path / "resume.log").read_text()
+
+    trial_ids = {f"stft3-{a}-{b}" for a in ("PS", "FD") for b in ("PS", "FD")}
+    by_trial = _assert_clean_sweep(run_dir, trial_ids, epochs=2)
+    # The held trial continued its own run from its checkpoint: same run, resumed once,
+    # epoch 1 trained again but logged once.
+    resumed = by_trial[held_id]
+    assert resumed.info.run_id == held.info.run_id
+    assert resumed.data.tags[TAG_RESUME_COUNT] == "1"
+    # The trial finished before the kill was not run again.
+    first_id = done_before.data.tags[TAG_TRIAL_ID]
+    assert by_trial[first_id].info.end_time == done_before.info.end_time
+    result_lines = (run_dir / "tune" / first_id / "result.json").read_text().splitlines()
+    assert len(result_lines) == 2  # its two epochs, reported once each
+
+
+def test_a_two_worker_trial_resumed_through_the_sweep_restores_its_checkpoint(
+    fsdd_root: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    """A 2-worker ``TorchTrainer`` trial, its driver SIGKILLed after epoch 1 reached MLflow
+    and before its checkpoint was reported: ``--resume`` restores the trainer's epoch-0
+    checkpoint (its run name is stable per trial) and finishes in the same MLflow run."""
+    results, marker = tmp_path / "results", tmp_path / "pause-marker"
+    run_dir, trial_id = results / "r", "stft3-FD-FD"
+    common = ["--results", str(results), "--num-cpus", "2", "--progress-every", "600"]
+    first_run = [
+        "--augs", "FD", "--frontends", "stft3", "--no-controls", "--workers-per-trial", "2",
+        "--run-name", "r", *common, *_cli_settings(fsdd_root, cache_dir, epochs=2),
+    ]  # fmt: skip
+    marker.touch()
+    driver = _start_driver(
+        first_run, tmp_path / "first.log", fault=f"pause_before_report:1:0:0:{marker}"
+    )
+    trainer_dir = run_dir / "train" / f"r-{trial_id}"
+    try:
+        uri, parent_id = _wait_for(lambda: _sweep_identity(run_dir), "sweep.json")
+        _wait_for(lambda: not marker.exists(), "rank 0 to reach the fault", timeout_s=300)
+        _wait_for(
+            lambda: _train_has_checkpoint(trainer_dir), "Ray Train to record the epoch-0 checkpoint"
+        )
+        assert driver.process.poll() is None, driver.output()
+        (held,) = find_trial_runs(uri, parent_id)
+        assert held.info.status == "RUNNING"
+        assert _steps(tracking_client(uri), held.info.run_id) == [0, 1]
+    finally:
+        _sigkill_driver(driver)
+
+    code = _run_driver(["--resume", "r", *common], tmp_path / "resume.log", timeout_s=300)
+    assert code == 0, (tmp_path / "resume.log").read_text()
+    by_trial = _assert_clean_sweep(run_dir, {trial_id}, epochs=2)
+    run = by_trial[trial_id]
+    assert run.info.run_id == held.info.run_id  # the checkpoint's run, continued
+    assert run.data.params["train.num_workers"] == "2"
+    assert run.data.tags[TAG_RESUME_COUNT] == "1"
+
+
+# --- a Train worker SIGKILLed: in-process sweeps on a Ray that carries the hook ----------
+
+
+@dataclass
+class Faults:
+    """Markers of the faults armed per test: rank 0 SIGKILLs itself at the end of an epoch,
+    after the epoch is in MLflow and before its checkpoint is reported."""
+
+    after_a_checkpoint: Path  # at the end of epoch 1 (epoch 0's checkpoint exists)
+    before_any_checkpoint: Path  # at the end of epoch 0
+
+
+@pytest.fixture(scope="module")
+def faulty_ray(tmp_path_factory: pytest.TempPathFactory):
+    """A local Ray (2 CPUs) whose trial processes carry the fault hook (it reaches them
+    through the job's runtime environment, core.sweep.trial.trial_environment)."""
+    import ray
+
+    from core.sweep import init_ray
+
+    folder = tmp_path_factory.mktemp("faults")
+    faults = Faults(folder / "kill-end-of-epoch-1", folder / "kill-end-of-epoch-0")
+    spec = (
+        f"kill_before_report:1:0:0:{faults.after_a_checkpoint},"
+        f"kill_before_report:0:0:0:{faults.before_any_checkpoint}"
+    )
+    previous = os.environ.get(FAULT_ENV)
+    os.environ[FAULT_ENV] = spec
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    try:
+        init_ray(num_cpus=2)
+    finally:
+        if previous is None:
+            os.environ.pop(FAULT_ENV)
+        else:
+            os.environ[FAULT_ENV] = previous
+    try:
+        yield faults
+    finally:
+        ray.shutdown()
+
+
+def _one_cell(fsdd_root: Path, cache_dir: Path, results: Path, **fields: Any) -> SweepRequest:
+    epochs = fields.pop("epochs")
+    return SweepRequest(
+        preset="quick",
+        overrides=_tiny(fsdd_root, cache_dir, epochs),
+        axis_values={"augment.pipeline": ["FD"], "frontend.name": ["stft3"]},
+        controls=False,
+        max_failures=1,
+        results_dir=results,
+        progress_every_s=600,
+        **fields,
+    )
+
+
+def test_a_killed_in_process_trial_resumes_without_logging_an_epoch_twice(
+    faulty_ray: Faults, fsdd_root: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    """The trial's process dies after epoch 1 reached MLflow, before its checkpoint was
+    reported; Tune restarts it from epoch 0's checkpoint (max_failures=1). It finishes in
+    its one MLflow run, whose loss steps are 0, 1, 2 -- epoch 1 trained twice, logged
+    once, and what MLflow holds for it is what the finished attempt reported."""
+    faulty_ray.after_a_checkpoint.touch()
+    outcome = run_sweep(_one_cell(fsdd_root, cache_dir, tmp_path / "results", epochs=3))
+    (record,) = outcome.records
+    assert record.status == "FINISHED", record.error
+    assert not faulty_ray.after_a_checkpoint.exists(), "the fault never fired"
+
+    client = tracking_client(outcome.tracking_uri)
+    (run,) = find_trial_runs(outcome.tracking_uri, outcome.parent_run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags[TAG_RESUME_COUNT] == "1"  # continued, not started over
+    assert _steps(client, run.info.run_id) == [0, 1, 2]
+    logged = {p.step: p.value for p in client.get_metric_history(run.info.run_id, "loss")}
+    reported = dict(record.history["loss"])  # epochs trained -> loss Tune got last
+    for epoch in range(3):
+        assert logged[epoch] == pytest.approx(reported[epoch + 1], rel=1e-4), epoch
+
+
+def test_a_trial_killed_before_its_first_checkpoint_starts_a_new_run(
+    faulty_ray: Faults, fsdd_root: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    """Killed after epoch 0 reached MLflow and before any checkpoint, the trial starts over
+    from scratch: that attempt gets a new run (loss steps 0, 1), the old one (step 0 of the
+    killed attempt) ends KILLED, points to its successor and leaves the active runs, so the
+    sweep still shows one run per trial."""
+    faulty_ray.before_any_checkpoint.touch()
+    outcome = run_sweep(_one_cell(fsdd_root, cache_dir, tmp_path / "results", epochs=2))
+    (record,) = outcome.records
+    assert record.status == "FINISHED", record.error
+    assert not faulty_ray.before_any_checkpoint.exists(), "the fault never fired"
+
+    client = tracking_client(outcome.tracking_uri)
+    (run,) = find_trial_runs(outcome.tracking_uri, outcome.parent_run_id)
+    assert run.info.status == "FINISHED"
+    assert _steps(client, run.info.run_id) == [0, 1]
+    assert TAG_RESUME_COUNT not in run.data.tags
+    old = client.get_run(run.data.tags[TAG_SUPERSEDES])
+    assert old.data.tags[TAG_SUPERSEDED_BY] == run.info.run_id
+    assert old.data.tags[TAG_TRIAL_ID] == run.data.tags[TAG_TRIAL_ID]
+    assert (old.info.status, old.info.lifecycle_stage) == ("KILLED", "deleted")
+    assert _steps(client, old.info.run_id) == [0]
+    assert run.data.params == old.data.params
+    artifacts = {item.path for item in client.list_artifacts(run.info.run_id)}
+    assert "config.yaml" in artifacts
+
+
+def test_a_killed_worker_of_a_two_worker_trial_resumes_from_its_checkpoint(
+    faulty_ray: Faults, fsdd_root: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    """Rank 0 of a 2-worker ``TorchTrainer`` trial dies after epoch 1 reached MLflow, before
+    its checkpoint was reported; Ray Train restarts the worker group from epoch 0's
+    checkpoint. One MLflow run, continued, with each epoch logged once."""
+    faulty_ray.after_a_checkpoint.touch()
+    outcome = run_sweep(
+        _one_cell(fsdd_root, cache_dir, tmp_path / "results", epochs=3, workers_per_trial=2)
+    )
+    assert outcome.resources.use_torch_trainer
+    (record,) = outcome.records
+    assert record.status == "FINISHED", record.error
+    assert not faulty_ray.after_a_checkpoint.exists(), "the fault never fired"
+
+    client = tracking_client(outcome.tracking_uri)
+    (run,) = find_trial_runs(outcome.tracking_uri, outcome.parent_run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.num_workers"] == "2"
+    assert run.data.tags[TAG_RESUME_COUNT] == "1"
+    assert _steps(client, run.info.run_id) == [0, 1, 2]
