@@ -402,7 +402,7 @@ def write_curves_figure(
 ) -> Path | None:
     """CLAR Figure 5: ``metric`` against epochs trained, one sub-figure per label of the
     ``panels`` axis, one line per label of the ``lines`` axis (mean over seeds, a band
-    from the lowest to the highest seed when there are several), the untrained control
+    of the 95 % t interval over seeds when there are several), the untrained control
     as a dashed black level."""
     import matplotlib
 
@@ -432,9 +432,10 @@ def write_curves_figure(
             table = np.array([[s.get(e, np.nan) for e in epochs] for s in series])
             mean = np.nanmean(table, axis=0)
             axes.plot(epochs, mean, label=line, color=colours(number % 10), marker=".")
-            if table.shape[0] > 1:
+            if table.shape[0] > 1:  # a 95 % t interval over seeds at every epoch
+                intervals = [t_interval(column[~np.isnan(column)]) for column in table.T]
                 axes.fill_between(
-                    epochs, np.nanmin(table, axis=0), np.nanmax(table, axis=0),
+                    epochs, [i.low for i in intervals], [i.high for i in intervals],
                     color=colours(number % 10), alpha=0.2,
                 )  # fmt: skip
         levels = [r.metrics.get(metric) for r in controls if r.metrics.get(metric) is not None]

@@ -300,3 +300,13 @@ def test_features_and_augmentations_tables(
         value = logged[f"{name}-simclr-fold2"]["test_top1"]
         assert table[("simclr", name, "fold2")] == approx(value)
         assert table[("simclr", name, "mean")] == approx(value)
+
+
+def test_search_dry_runs_under_both_presets(fsdd_root: Path, capsys) -> None:
+    """The eighth script: the search lists what it samples, under quick and paper."""
+    search = _main("run_search")
+    assert search(["--dry-run"]) == 0
+    assert "optim.lr" in capsys.readouterr().out
+    assert search(["--dry-run", "--preset", "paper"]) == 0
+    out = capsys.readouterr().out
+    assert "(download)" in out and "not runnable on this machine" in out

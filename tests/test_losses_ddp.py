@@ -74,7 +74,7 @@ def _worker(rank: int, store_path: str, out_dir: str) -> None:
 def two_process_results(tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("gloo")
     mp.spawn(_worker, args=(str(out_dir / "store"), str(out_dir)), nprocs=WORLD, join=True)
-    return [torch.load(out_dir / f"rank{r}.pt") for r in range(WORLD)]
+    return [torch.load(out_dir / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
 
 @pytest.mark.parametrize("name", ["nt_xent", "barlow", "ce"])

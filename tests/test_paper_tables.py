@@ -183,3 +183,16 @@ def test_report_section_must_name_axes(tmp_path: Path) -> None:
     )
     with pytest.raises(SearchSpaceError, match="'model.width' is not an axis"):
         load_search_space(path)
+
+
+def test_figure_five_draws_a_band_over_seeds(tmp_path: Path) -> None:
+    from core.tables import write_curves_figure
+
+    records = [
+        _record(f"simclr-0.1-seed{seed}", {"method.name": "simclr", "data.label_fraction": "0.1"},
+                0.5, seed=seed, history={"test_top1": [(1, 0.2 + d), (2, 0.5 + d)]})
+        for seed, d in ((0, 0.0), (1, 0.1))
+    ]  # fmt: skip
+    path = write_curves_figure(records, "data.label_fraction", "method.name", "test_top1",
+                               tmp_path / "figure5.png")  # fmt: skip
+    assert path is not None and path.stat().st_size > 0

@@ -50,7 +50,7 @@ from core.config import ConfigError, ExperimentConfig, known_fields
 from core.dotted import get_dotted
 from core.sweep.preflight import check_trials
 from core.sweep.progress import SweepProgress
-from core.sweep.resources import Resources, local_resources, replan
+from core.sweep.resources import ResourceError, Resources, local_resources, replan
 from core.sweep.space import (
     CELL,
     SearchSpace,
@@ -924,8 +924,14 @@ def print_search_dry_run(
     here = local_resources(request.num_cpus)
     lines.append(f"resources: {search.resources.describe()}")
     if not request.address:
-        local = replan(search.resources, here)
-        lines.append(f"  here: {local.max_concurrent_trials} sample(s) at once")
+        try:
+            local = replan(search.resources, here)
+            lines.append(f"  here: {local.max_concurrent_trials} sample(s) at once")
+        except ResourceError as error:  # a cluster-sized preset looked at from a laptop
+            lines.append(
+                f"note: not runnable on this machine ({here['CPU']:g} CPU, {here['GPU']:g} "
+                f"GPU): {error}"
+            )
     lines.append(
         f"study: <results>/<run name>/{STUDY_FILE} (Optuna, SQLite); --resume RUN_NAME adds "
         f"--samples more to it"
