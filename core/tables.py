@@ -253,17 +253,38 @@ def _summary_texts(table: Table, row: str) -> list[str]:
     return texts
 
 
+def _split_columns(table: Table) -> tuple[list[str], list[str]]:
+    """The value columns, and the training-time column that goes after the summaries."""
+    values = [column for column in table.columns if column != WALL_TIME]
+    return values, [column for column in table.columns if column == WALL_TIME]
+
+
+def _headers(table: Table) -> list[str]:
+    values, wall = _split_columns(table)
+    return [table.row_header, *values, *_summary_headers(table), *wall]
+
+
+def _row_texts(table: Table, row: str) -> list[str]:
+    """A row as shown: its value columns, the summaries over them, then the wall time."""
+    values, wall = _split_columns(table)
+    return [
+        row,
+        *(cell_text(table, row, column) for column in values),
+        *_summary_texts(table, row),
+        *(cell_text(table, row, column) for column in wall),
+    ]
+
+
 def table_markdown(table: Table, title: str = "") -> str:
     """The table as markdown, values in percent for accuracies and F1 scores."""
-    headers = [table.row_header, *table.columns, *_summary_headers(table)]
+    headers = _headers(table)
     lines = []
     if title:
         lines.append(f"**{title}**\n")
     lines.append("| " + " | ".join(headers) + " |")
     lines.append("|" + "---|" * len(headers))
     for row in table.rows:
-        texts = [cell_text(table, row, column) for column in table.columns]
-        lines.append("| " + " | ".join([row, *texts, *_summary_texts(table, row)]) + " |")
+        lines.append("| " + " | ".join(_row_texts(table, row)) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -332,11 +353,8 @@ def write_table_png(tables: Sequence[Table], path: Path, title: str) -> Path:
     )
     for axes, table in zip(axes_list[:, 0], tables, strict=True):
         axes.axis("off")
-        headers = [table.row_header, *table.columns, *_summary_headers(table)]
-        body = [
-            [row, *(cell_text(table, row, c) for c in table.columns), *_summary_texts(table, row)]
-            for row in table.rows
-        ]
+        headers = _headers(table)
+        body = [_row_texts(table, row) for row in table.rows]
         drawn = axes.table(cellText=body or [[""] * len(headers)], colLabels=headers, loc="center")
         drawn.auto_set_font_size(False)
         drawn.set_fontsize(8)
