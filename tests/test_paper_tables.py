@@ -167,7 +167,7 @@ def test_controls_are_named_by_what_they_depend_on() -> None:
     trials = expand_trials(space, preset="quick", controls=True)
     controls = {t.trial_id: t for t in trials if t.role != "cell"}
     # The untrained control has no queue: one per batch size, named by it.
-    assert {"batch_size=8-untrained", "batch_size=32-untrained"} <= set(controls)
+    assert {"batch_size8-untrained", "batch_size32-untrained"} <= set(controls)
     assert sum(t.role == "untrained" for t in controls.values()) == 3
     fd = load_search_space(SPACES / "projection_dim.yaml")
     trials = expand_trials(restrict_axes(fd, {"data.fold": [1, 2]}), preset="quick", controls=True)
@@ -196,3 +196,12 @@ def test_figure_five_draws_a_band_over_seeds(tmp_path: Path) -> None:
     path = write_curves_figure(records, "data.label_fraction", "method.name", "test_top1",
                                tmp_path / "figure5.png")  # fmt: skip
     assert path is not None and path.stat().st_size > 0
+
+
+def test_control_names_become_valid_mlflow_metric_names() -> None:
+    from mlflow.utils.validation import _validate_metric_name
+
+    from core.sweep.results import metric_name
+
+    for raw in ("test_top1_batch_size=8-untrained", "test_top1_mean_raw1d-FD+TM"):
+        _validate_metric_name(metric_name(raw))  # raises on a name MLflow refuses

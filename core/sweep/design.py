@@ -103,7 +103,7 @@ def _control_coords(
     cell: Trial, axes: Mapping[str, Axis], config: ExperimentConfig, changed: set[str]
 ) -> dict[str, str]:
     """The cell's labels on the axes the control still depends on. A case that the
-    control depends on only in part is labelled by what remains (``batch_size=32`` for a
+    control depends on only in part is labelled by what remains (``batch_size32`` for a
     (batch, queue) case of an untrained control, which has no queue)."""
     coords = {}
     dumped = config.model_dump(mode="json")
@@ -121,7 +121,7 @@ def _control_coords(
             first = min(kept, key=lambda field: declared.index(field) if field in declared else 99)
             value = get_dotted(dumped, first)
             shown = label_of(value)
-            label = f"{first.split('.')[-1]}={shown}" if isinstance(value, int | float) else shown
+            label = f"{first.split('.')[-1]}{shown}" if isinstance(value, int | float) else shown
         coords[name] = label
     return coords
 

@@ -214,6 +214,12 @@ def error_summary(error_file: str | None) -> str:
     return chosen[:300]
 
 
+def metric_name(text: str) -> str:
+    """``text`` as an MLflow metric name: characters MLflow refuses (``=``, ``+``, ...)
+    become ``_`` (a control or panel named after a setting may hold them)."""
+    return re.sub(r"[^\w\-. :/]", "_", text)
+
+
 def mlflow_hint(
     tracking_uri: str, experiment: str, run_id: str | None, experiment_id: str | None = None
 ) -> str:
@@ -329,12 +335,13 @@ def _attach_report(
     for panel, matrix in report.matrices.items():
         corner = matrix.values[-1, -1]
         if not math.isnan(corner):
-            client.log_metric(parent, f"{state.metric}_mean_{panel}", float(corner))
+            client.log_metric(parent, metric_name(f"{state.metric}_mean_{panel}"), float(corner))
         if matrix.best is not None:
-            client.log_metric(parent, f"{state.metric}_best_{panel}", matrix.best[2])
+            client.log_metric(parent, metric_name(f"{state.metric}_best_{panel}"), matrix.best[2])
     for cell in report.cells.values():
         if cell.role != "cell" and cell.scores.by_seed:  # the controls, by name
-            client.log_metric(parent, f"{state.metric}_{cell.cell_id}", cell.interval.mean)
+            name = metric_name(f"{state.metric}_{cell.cell_id}")
+            client.log_metric(parent, name, cell.interval.mean)
     if set_status:
         mlflow_tracking.finish_run(uri, parent, "FINISHED" if outcome.complete else "KILLED")
 
