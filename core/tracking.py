@@ -33,7 +33,7 @@ import subprocess
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
@@ -503,14 +503,14 @@ def _search_all(client: MlflowClient, experiment_id: str, filter_string: str) ->
 # MLflow retries a failed HTTP call (connection refused, no answer, HTTP 429 and 5xx) with
 # exponential backoff, by default 7 times at factor 2 and 120 s per attempt: a call to a
 # dead server fails after about 264 s, and a trial logs several calls as it fails. Here:
-# 5 retries at factor 2, that is sleeps of 0, 4, 8, 16 and 32 s (plus up to 1 s of jitter
-# each), so a call made as the server goes away is tried for the last time about 60 s
-# later. A server restarted within a minute loses nothing; a dead one fails a call in
-# about a minute. A server that accepts connections but never answers costs 30 s per
-# attempt (MLflow's 120 s would make that 14 minutes). MLflow reads these at every
-# request; values the user exported win.
+# 6 retries at factor 2, that is sleeps of 0, 4, 8, 16, 32 and 64 s (plus up to 1 s of
+# jitter each), so a call made as the server goes away is tried for the last time about
+# two minutes later. A server restarted within that (a restart on a loaded head took 30 s
+# and more) loses nothing; a dead one fails a call in about two minutes. A server that
+# accepts connections but never answers costs 30 s per attempt (MLflow's 120 s would make
+# that 16 minutes). MLflow reads these at every request; values the user exported win.
 HTTP_RETRY_ENV = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "6",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
 }
@@ -740,6 +740,52 @@ def reaching(tracking_uri: str, what: str) -> Iterator[None]:
         raise TrackingServerError.build(tracking_uri, reason, what) from error
 
 
+# A server that dies while answering a POST (create a run, log a batch) leaves a broken
+# read, which MLflow's retries do not repeat (urllib3 retries only idempotent methods on
+# read errors). Such a call is made once more when the server answers again.
+_BROKEN_READ_MARKERS = (
+    "IncompleteRead",
+    "Connection broken",
+    "RemoteDisconnected",
+    "Connection aborted",
+    "ProtocolError",
+)
+WAIT_FOR_SERVER_S = 150.0  # about MLflow's own retry budget (HTTP_RETRY_ENV)
+
+
+def wait_for_server(tracking_uri: str, seconds: float = WAIT_FOR_SERVER_S) -> bool:
+    """Poll the server until it answers (True) or ``seconds`` pass (False)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            check_tracking_server(tracking_uri)
+            return True
+        except TrackingServerError:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(2.0)
+
+
+def once_more_after_broken_read(
+    tracking_uri: str,
+    call: Callable[[], Any],
+    already_done: Callable[[], Any] | None = None,
+) -> Any:
+    """``call()``; after a broken read from an HTTP server, wait until the server answers
+    and call again, unless ``already_done()`` finds that the first call took effect (a
+    run created before the answer broke) and returns that instead."""
+    try:
+        return call()
+    except Exception as error:
+        text = f"{error!r} {error}"
+        if not _is_http(tracking_uri) or not any(m in text for m in _BROKEN_READ_MARKERS):
+            raise
+        if not wait_for_server(tracking_uri):
+            raise
+        done = already_done() if already_done is not None else None
+        return done if done is not None else call()
+
+
 # --- trial runs --------------------------------------------------------------------------
 
 
@@ -785,11 +831,19 @@ class TrialRun:
             run = cls._existing_run(client, tracking_uri, identity, run_id)
             resumed = run is not None
             if run is None:
-                run = client.create_run(
-                    cls._experiment_for(client, tracking_uri, identity),
-                    start_time=_now_ms(),
-                    tags={TAG_PARENT: identity.parent_run_id} if identity.parent_run_id else None,
-                    run_name=default_run_name(cfg, identity),
+                tags = {TAG_PARENT: identity.parent_run_id} if identity.parent_run_id else {}
+                if identity.trial_id:  # at creation, so a retry can find a created run
+                    tags[TAG_TRIAL_ID] = identity.trial_id
+                experiment_id = cls._experiment_for(client, tracking_uri, identity)
+                run = once_more_after_broken_read(
+                    tracking_uri,
+                    lambda: client.create_run(
+                        experiment_id,
+                        start_time=_now_ms(),
+                        tags=tags or None,
+                        run_name=default_run_name(cfg, identity),
+                    ),
+                    already_done=lambda: cls._existing_run(client, tracking_uri, identity, None),
                 )
             else:
                 cls._reopen(client, run)
@@ -913,7 +967,11 @@ class TrialRun:
             entries.append(Metric(key, number, timestamp, int(step)))
         with reaching(self.tracking_uri, f"logging metrics of run {self.run_id} at step {step}"):
             for chunk in _chunks(entries, MAX_METRICS_PER_BATCH):
-                self.client.log_batch(self.run_id, metrics=chunk)
+                # The same metrics again are no duplicates: MLflow skips identical rows.
+                once_more_after_broken_read(
+                    self.tracking_uri,
+                    lambda chunk=chunk: self.client.log_batch(self.run_id, metrics=chunk),
+                )
 
     def log_evaluation(
         self, result: EvaluationResult, artifact_dir: str = EVALUATION_FOLDER

@@ -10,7 +10,7 @@ are tiny cells on real FSDD audio. Sweeps whose terminal output or exit code mat
 as commands (``ablations/run_aug_matrix.py``, each with its own local Ray); the 20 s
 outage runs in this process on the module's Ray cluster (started last, so that two
 clusters never share the two cores), with MLflow's HTTP retries as clarlab sets them
-(:data:`core.tracking.HTTP_RETRY_ENV`: a call is tried for about a minute).
+(:data:`core.tracking.HTTP_RETRY_ENV`: a call is tried for about two minutes).
 """
 
 from __future__ import annotations

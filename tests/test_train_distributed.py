@@ -89,11 +89,12 @@ def test_killed_worker_resumes_from_checkpoint(
 def test_gathered_nt_xent_matches_one_worker_with_the_global_batch(
     ray_cluster, fsdd_root, cache_dir, mlflow_store, tmp_path
 ):
-    # No augmentation and one step: both hosts see the same 32 clips, split 2 x 16 across
-    # workers. With negatives gathered across workers and synchronised batch norm, the
-    # first-step loss must match the single-process run with the whole batch.
+    # No augmentation (not even the random view base that identical views would get,
+    # whose draws differ per rank) and one step: both hosts see the same 32 clips, split
+    # 2 x 16 across workers. With negatives gathered across workers and synchronised batch
+    # norm, the first-step loss must match the single-process run with the whole batch.
     common = {
-        "augment": {"pipeline": []},
+        "augment": {"pipeline": [], "view_base": []},
         "train": {"epochs": 1, "max_steps_per_epoch": 1, "eval_every": 5},
     }
     one, one_who = small_config(fsdd_root, cache_dir, mlflow_store, f"{tmp_path.name}-1", **common)
