@@ -15,12 +15,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import struct
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +39,8 @@ from core.tracking import (
     find_trial_runs,
     tracking_client,
 )
+from tests.servers import answers as _answers
+from tests.servers import free_port as _free_port
 from tests.test_sweep_e2e import _tiny
 
 pytestmark = pytest.mark.slow
@@ -68,20 +68,6 @@ def _missing(message: str) -> None:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(message)
     pytest.skip(message)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
 
 
 def _png_size(path: Path) -> tuple[int, int]:

@@ -31,29 +31,15 @@ from mlflow.entities import ViewType
 from core.sweep import SweepRequest, run_sweep
 from core.tracking import TAG_RESUME_COUNT, TAG_TRIAL_ID, find_trial_runs, tracking_client
 from core.train import CHECKPOINT_FILE, FAULT_ENV, TAG_SUPERSEDED_BY, TAG_SUPERSEDES
+from tests.test_sweep_e2e import _tiny as tiny_trial
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _tiny(fsdd_root: Path, cache_dir: Path, epochs: int) -> dict[str, Any]:
-    """A trial of ``epochs`` one-step epochs that still runs every stage (cache, augment,
-    front end, train step, evaluation, MLflow, checkpoint) in a second or two."""
-    return {
-        "data.root": str(fsdd_root),
-        "data.cache_dir": str(cache_dir),
-        "data.max_clips": 120,
-        "data.sample_rate": 8000,
-        "data.clip_seconds": 0.5,
-        "model.width": 4,
-        "model.proj_hidden_dim": 16,
-        "model.proj_dim": 16,
-        "model.eval_hidden_dim": 16,
-        "train.epochs": epochs,
-        "train.batch_size": 8,
-        "train.max_steps_per_epoch": 1,
-        "train.eval_epochs": 1,
-    }
+    """The end-to-end tests' tiny trial with ``epochs`` one-step epochs."""
+    return {**tiny_trial(fsdd_root, cache_dir), "train.epochs": epochs}
 
 
 def _steps(client: Any, run_id: str, key: str = "loss") -> list[int]:

@@ -31,7 +31,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import requests
 import torch
 from mlflow.exceptions import MlflowException
 
@@ -51,24 +50,13 @@ from core.tracking import (
     is_unreachable_error,
     tracking_client,
 )
+from tests.servers import answers as _answers
+from tests.servers import free_port as _free_port
 from tests.test_sweep_e2e import _tiny
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 180.0
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _answers(url: str) -> bool:
-    try:
-        return requests.get(url, timeout=2).status_code == 200
-    except requests.RequestException:
-        return False
 
 
 class MlflowServer:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -144,21 +143,6 @@ def test_halving_compares_cells_at_rungs_and_spares_controls_and_last_epochs() -
 
 
 # --- on Ray --------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def ray_cluster():
-    """One real local Ray cluster (2 CPUs) for the module's runs."""
-    import ray
-
-    from core.sweep import init_ray
-
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    init_ray(num_cpus=2)
-    try:
-        yield ray.cluster_resources()
-    finally:
-        ray.shutdown()
-
-
 def _study(run_dir: Path) -> optuna.Study:
     return optuna.load_study(study_name=run_dir.name, storage=f"sqlite:///{run_dir / STUDY_FILE}")
 
