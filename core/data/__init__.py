@@ -22,8 +22,8 @@ from core.data.splits import Split, kfold_quaclrs, label_fraction_mask, make_spl
 from core.lazy import lazy_attributes
 
 if TYPE_CHECKING:
-    from core.config import DataConfig
     from core.data.cache import AudioCache
+    from core.data.config import DataConfig
 
 DATASETS: dict[str, DatasetSpec] = {
     spec.name: spec

@@ -40,7 +40,7 @@ from core.data.base import DatasetError, DatasetSpec, Listing, file_lock, subsam
 from core.data.splits import test_clip_mask
 
 if TYPE_CHECKING:
-    from core.config import DataConfig
+    from core.data.config import DataConfig
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"

@@ -24,17 +24,27 @@ labelled at 10 %, so a fraction sweep compares like with like.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from core.data.base import DatasetError
 
 if TYPE_CHECKING:
-    from core.config import DataConfig
-    from core.data.cache import AudioCache
+    from core.data.config import DataConfig
 
 UNLABELED = -1
+
+
+class ClipTable(Protocol):
+    """What a split reads per clip: the dataset's name, labels, official split (or None)
+    and folds (or None). An :class:`~core.data.cache.AudioCache` has these, and so does a
+    scanned listing (the sweep's preflight splits before anything is decoded)."""
+
+    dataset: str
+    labels: np.ndarray
+    split: np.ndarray | None
+    fold: np.ndarray | None
 
 
 @dataclass(frozen=True)
@@ -142,7 +152,7 @@ def kfold_quaclrs(
     return train, val, test
 
 
-def _declared_folds(cache: AudioCache) -> int:
+def _declared_folds(cache: ClipTable) -> int:
     """The dataset's fold count from its spec; the largest cached fold only for a dataset
     whose spec declares none (a cache of a dataset no longer registered)."""
     from core.data import DATASETS  # the package imports this module
@@ -153,7 +163,7 @@ def _declared_folds(cache: AudioCache) -> int:
     return int(cache.fold.max()) if cache.fold is not None and cache.fold.size else 0
 
 
-def _require_clips(cache: AudioCache, indices: np.ndarray, role: str, fold: int) -> None:
+def _require_clips(cache: ClipTable, indices: np.ndarray, role: str, fold: int) -> None:
     """A test or validation fold without clips is an error, not an empty evaluation."""
     if indices.size:
         return
@@ -174,7 +184,7 @@ def _require_clips(cache: AudioCache, indices: np.ndarray, role: str, fold: int)
     )
 
 
-def _official(cache: AudioCache, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _official(cache: ClipTable, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if cache.split is not None:
         if cfg.fold is not None and cache.fold is not None:  # FSDD: a split and folds
             raise DatasetError(
@@ -201,7 +211,7 @@ def _official(cache: AudioCache, cfg: DataConfig) -> tuple[np.ndarray, np.ndarra
     return np.flatnonzero(cache.fold != test_fold), np.array([], dtype=np.int64), test
 
 
-def _esc50_paper(cache: AudioCache, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _esc50_paper(cache: ClipTable, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if cache.dataset not in ("esc50", "esc10") or cache.fold is None:
         raise DatasetError(
             f"data.split_scheme='esc50_paper' needs esc50 or esc10, not {cache.dataset!r}; "
@@ -217,7 +227,7 @@ def _esc50_paper(cache: AudioCache, cfg: DataConfig) -> tuple[np.ndarray, np.nda
     return np.flatnonzero(cache.fold <= 4), np.array([], dtype=np.int64), test
 
 
-def _quaclrs(cache: AudioCache, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _quaclrs(cache: ClipTable, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if cache.fold is None:
         from core.data import DATASETS
 
@@ -235,7 +245,7 @@ def _quaclrs(cache: AudioCache, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray
     return train, val, test
 
 
-def make_split(cache: AudioCache, cfg: DataConfig, seed: int = 0) -> Split:
+def make_split(cache: ClipTable, cfg: DataConfig, seed: int = 0) -> Split:
     """The split ``cfg.split_scheme`` names, with ``cfg.label_fraction`` of train labels."""
     if cfg.split_scheme == "official":
         train, val, test = _official(cache, cfg)

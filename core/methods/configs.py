@@ -28,18 +28,24 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
-if TYPE_CHECKING:
-    from core.config import ExperimentConfig
+from core.sections import Section, TrainConfig
 
 
-class MethodConfig(BaseModel):
+class ExperimentSections(Protocol):
+    """What a method's cross-section check reads of the experiment being validated
+    (:class:`core.config.ExperimentConfig` has it). A protocol, so that this module stays
+    below the config that composes it."""
+
+    @property
+    def train(self) -> TrainConfig: ...
+
+
+class MethodConfig(Section):
     """Fields every method has. Subclasses add their own and set ``name``'s Literal."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     name: str
     # Inverse-frequency weights on the cross-entropy term (QUACLRS 4.6); only methods
@@ -49,7 +55,7 @@ class MethodConfig(BaseModel):
     uses_labels: ClassVar[bool] = False  # the loss reads the labels of the batch
     trains: ClassVar[bool] = True  # False: the encoder is never trained (the control)
 
-    def check(self, experiment: ExperimentConfig) -> None:
+    def check(self, experiment: ExperimentSections) -> None:
         """Cross-section checks, run when the experiment is validated. Raise ValueError
         with a message naming the fields and the fix."""
         if self.class_weights and not self.uses_labels:
@@ -175,7 +181,7 @@ class _MoCoBase(MethodConfig):
     momentum: float = Field(0.999, ge=0, le=1)  # key encoder EMA
     queue_size: int = Field(65_536, gt=0)
 
-    def check(self, experiment: ExperimentConfig) -> None:
+    def check(self, experiment: ExperimentSections) -> None:
         super().check(experiment)
         batch = experiment.train.batch_size
         if self.queue_size % batch:
