@@ -8,10 +8,11 @@ torchaudio and nnAudio (about two seconds, on a driver that never trains), and e
 those modules imports ``core.config`` back: a hidden import loop.
 
 So each registry here maps a name to where its implementation lives
-(``"core.augment:fade"``) and imports it on first use. Adding an augmentation, front end,
-encoder or optimizer is one function in its module plus one line here; the modules that
-use a registry index it like a dict (``SIGNAL_AUGMENTATIONS["FD"]``). Code outside the
-package (a notebook, a test) may register objects directly with :meth:`LazyRegistry.register`.
+(``"core.augment_signal:fade"``) and imports it on first use. Adding an augmentation,
+front end, encoder or optimizer is one function in its module plus one line here; the
+modules that use a registry index it like a dict (``SIGNAL_AUGMENTATIONS["FD"]``). Code
+outside the package (a notebook, a test) may register objects directly with
+:meth:`LazyRegistry.register`.
 """
 
 from __future__ import annotations
@@ -73,20 +74,20 @@ class LazyRegistry(Mapping[str, Any]):
 SIGNAL_AUGMENTATIONS = LazyRegistry(
     "augmentation code",
     {
-        "PS": "core.augment:pitch_shift",
-        "FD": "core.augment:fade",
-        "WN": "core.augment:white_noise",
-        "MN": "core.augment:mixed_noise",
-        "TM": "core.augment:time_mask",
-        "TS": "core.augment:time_shift",
-        "TST": "core.augment:time_stretch",
-        "TST0.8": "core.augment:time_stretch_0_8",
-        "TST1.2": "core.augment:time_stretch_1_2",
-        "PS+2": "core.augment:pitch_shift_up_2",
-        "PS-2": "core.augment:pitch_shift_down_2",
-        "WN5": "core.augment:white_noise_5db",
-        "WN15": "core.augment:white_noise_15db",
-        "MIX": "core.augment:mixup",
+        "PS": "core.augment_signal:pitch_shift",
+        "FD": "core.augment_signal:fade",
+        "WN": "core.augment_signal:white_noise",
+        "MN": "core.augment_signal:mixed_noise",
+        "TM": "core.augment_signal:time_mask",
+        "TS": "core.augment_signal:time_shift",
+        "TST": "core.augment_signal:time_stretch",
+        "TST0.8": "core.augment_signal:time_stretch_0_8",
+        "TST1.2": "core.augment_signal:time_stretch_1_2",
+        "PS+2": "core.augment_signal:pitch_shift_up_2",
+        "PS-2": "core.augment_signal:pitch_shift_down_2",
+        "WN5": "core.augment_signal:white_noise_5db",
+        "WN15": "core.augment_signal:white_noise_15db",
+        "MIX": "core.augment_signal:mixup",
     },
 )
 
@@ -95,14 +96,14 @@ SIGNAL_AUGMENTATIONS = LazyRegistry(
 SPEC_AUGMENTATIONS = LazyRegistry(
     "spectrogram augmentation code",
     {
-        "SA": "core.augment:spec_augment",
-        "PA": "core.augment:patch_augment",
-        "SA0": "core.augment:spec_augment_0",
-        "SA1": "core.augment:spec_augment_1",
-        "SA2": "core.augment:spec_augment_2",
-        "PA0": "core.augment:patch_augment_0",
-        "PA1": "core.augment:patch_augment_1",
-        "PA2": "core.augment:patch_augment_2",
+        "SA": "core.augment_spec:spec_augment",
+        "PA": "core.augment_spec:patch_augment",
+        "SA0": "core.augment_spec:spec_augment_0",
+        "SA1": "core.augment_spec:spec_augment_1",
+        "SA2": "core.augment_spec:spec_augment_2",
+        "PA0": "core.augment_spec:patch_augment_0",
+        "PA1": "core.augment_spec:patch_augment_1",
+        "PA2": "core.augment_spec:patch_augment_2",
     },
 )
 

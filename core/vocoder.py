@@ -17,7 +17,8 @@ Measured with ``bench/augment.py`` (256 clips x 1 s at 16 kHz, 2 CPU threads): P
 TST 6x faster than librosa's per-clip loop, PS 18x faster than torch-audiomentations.
 
 The draws and the registry-facing augmentations (``PS``, ``TST`` and their fixed-setting
-variants) live in :mod:`core.augment`; this module is plain tensor maths with no config.
+variants) live in :mod:`core.augment_signal`; this module is plain tensor maths with no
+config.
 """
 
 from __future__ import annotations

@@ -16,15 +16,12 @@ import torch
 import torchaudio
 
 from core.augment import (
-    FADE_SHAPES,
     SIGNAL_AUGMENTATIONS,
     SPEC_AUGMENTATIONS,
-    apply_fade,
     build_signal_pipeline,
     build_spec_pipeline,
-    colored_noise,
-    fade_in_gain,
 )
+from core.augment_signal import FADE_SHAPES, apply_fade, colored_noise, fade_in_gain
 from core.config import AugmentConfig, ConfigError, ExperimentConfig
 from core.vocoder import pitch_shift_batch, semitone_ratio, time_stretch_batch
 

@@ -17,8 +17,8 @@ from core.augment import (
     build_signal_pipeline,
     build_spec_pipeline,
     build_view_augment,
-    spectrogram_fingerprint,
 )
+from core.augment_spec import spectrogram_fingerprint
 from core.config import AugmentConfig, ConfigError, ExperimentConfig, FrontendConfig
 from core.features import build_frontend
 from core.registry import DEFAULT_VIEW_BASE, DETERMINISTIC_CODES
