@@ -25,7 +25,8 @@ import soundfile
 
 from core.config import DataConfig
 from core.data import DATASETS, DatasetError, Resource, open_cache
-from core.data.download import DownloadError, download_dataset, download_file, safe_extract
+from core.data.download import DownloadError, download_dataset, download_file
+from core.data.extract import safe_extract
 
 
 class ArchiveServer:

@@ -25,6 +25,14 @@ class DatasetNotFoundError(DatasetError, FileNotFoundError):
     """The dataset folder is absent (and was not, or could not be, downloaded)."""
 
 
+class DownloadError(DatasetError):
+    """A download or extraction failed; the message names the URL or archive member.
+
+    Defined here, beside the other dataset errors, because both :mod:`core.data.download`
+    and :mod:`core.data.extract` raise it and neither may import the other's error.
+    """
+
+
 @dataclass(frozen=True)
 class Resource:
     """One archive of a dataset's official distribution.
