@@ -23,7 +23,8 @@ import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
 from core.config import PRESETS
-from core.serve import build_parser, is_loopback, is_wildcard, plan_mlflow
+from core.serve import build_parser
+from core.serve_plan import is_loopback, is_wildcard, plan_mlflow
 from core.sweep.driver import SweepRequest, prepare_trials
 from core.sweep.resources import ResourceError, Resources, replan
 

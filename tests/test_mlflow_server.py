@@ -27,7 +27,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from core.serve import START_TIMEOUT_S, answers, build_parser, masked_uri, plan_mlflow, prepare
+from core.serve import START_TIMEOUT_S, answers, build_parser, prepare
+from core.serve_plan import masked_uri, plan_mlflow
 
 REPO = Path(__file__).resolve().parents[1]
 
