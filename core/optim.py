@@ -2,7 +2,7 @@
 
 CLAR trains with LARS (lr 1.0, weight decay 1e-4), a linear warmup over 10 epochs and
 a cosine decay without restarts, stepped every iteration. QUACLRS uses Adam with
-ReduceLROnPlateau or CosineAnnealingLR. All are here behind one :class:`Scheduler`
+ReduceLROnPlateau or CosineAnnealingLR. All are here behind one :class:`LearningRateSchedule`
 with ``step_batch`` (per iteration) and ``step_epoch`` (per epoch, with the metric).
 """
 
@@ -163,7 +163,7 @@ def build_optimizer(cfg: OptimConfig, model: nn.Module) -> torch.optim.Optimizer
     return OPTIMIZERS[cfg.name](cfg, model)
 
 
-class Scheduler:
+class LearningRateSchedule:
     """Learning-rate schedule with one interface for per-iteration and per-epoch rules.
 
     - ``warmup_cosine``: linear warmup over ``warmup_epochs`` then cosine decay to
@@ -185,7 +185,7 @@ class Scheduler:
     ) -> None:
         if steps_per_epoch < 1 or epochs < 1:
             raise ValueError(
-                f"scheduler needs steps_per_epoch >= 1 and epochs >= 1, got {steps_per_epoch},"
+                f"the learning-rate schedule needs steps_per_epoch >= 1 and epochs >= 1, got {steps_per_epoch},"
                 f" {epochs}"
             )
         self.cfg = cfg
@@ -261,8 +261,8 @@ class Scheduler:
             self._apply(self.factor(self.step_count))
 
 
-def build_scheduler(
+def build_schedule(
     cfg: OptimConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int, epochs: int
-) -> Scheduler:
+) -> LearningRateSchedule:
     """The schedule named by ``cfg.schedule`` over ``epochs * steps_per_epoch`` iterations."""
-    return Scheduler(cfg, optimizer, steps_per_epoch, epochs)
+    return LearningRateSchedule(cfg, optimizer, steps_per_epoch, epochs)

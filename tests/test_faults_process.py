@@ -30,7 +30,8 @@ from mlflow.entities import ViewType
 
 from core.sweep import SweepRequest, run_sweep
 from core.tracking import TAG_RESUME_COUNT, TAG_TRIAL_ID, find_trial_runs, tracking_client
-from core.train import CHECKPOINT_FILE, FAULT_ENV, TAG_SUPERSEDED_BY, TAG_SUPERSEDES
+from core.tracking.lifecycle import TAG_SUPERSEDED_BY, TAG_SUPERSEDES
+from core.train import CHECKPOINT_FILE, FAULT_ENV
 from tests.test_sweep_e2e import _tiny as tiny_trial
 
 pytestmark = pytest.mark.slow

@@ -211,7 +211,7 @@ def test_a_trial_names_the_server_not_a_missing_parent(
         away.value
     )
     assert "is not a run" not in str(away.value) and is_unreachable_error(
-        f"core.tracking.TrackingServerError: {away.value}"
+        f"core.tracking.server.TrackingServerError: {away.value}"
     )
     missing = RunIdentity(tracking_uri=server.url, parent_run_id="no-such-run", trial_id="t1")
     with pytest.raises(MlflowException, match="parent_run_id='no-such-run' is not a run"):

@@ -11,7 +11,7 @@ from lightly.utils.lars import LARS as LightlyLARS
 from torch import nn
 
 from core.config import ConfigError, OptimConfig
-from core.optim import LARS, build_optimizer, build_scheduler, parameter_groups
+from core.optim import LARS, build_optimizer, build_schedule, parameter_groups
 
 
 def _model() -> nn.Module:
@@ -93,12 +93,12 @@ def test_unknown_optimizer_lists_valid_names():
 
 def _lrs(cfg: OptimConfig, steps_per_epoch: int, epochs: int) -> list[float]:
     optimizer = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=cfg.lr)
-    scheduler = build_scheduler(cfg, optimizer, steps_per_epoch, epochs)
+    schedule = build_schedule(cfg, optimizer, steps_per_epoch, epochs)
     values = []
     for _ in range(steps_per_epoch * epochs):
-        values.append(scheduler.current_lr())
+        values.append(schedule.current_lr())
         optimizer.step()
-        scheduler.step_batch()
+        schedule.step_batch()
     return values
 
 
@@ -124,27 +124,27 @@ def test_plateau_reduces_after_patience_and_needs_a_metric():
         name="adam", lr=1e-3, schedule="plateau", plateau_patience=1, plateau_factor=0.5
     )
     optimizer = torch.optim.Adam(nn.Linear(2, 2).parameters(), lr=cfg.lr)
-    scheduler = build_scheduler(cfg, optimizer, steps_per_epoch=3, epochs=10)
-    scheduler.step_batch()
-    assert scheduler.current_lr() == pytest.approx(1e-3)
+    schedule = build_schedule(cfg, optimizer, steps_per_epoch=3, epochs=10)
+    schedule.step_batch()
+    assert schedule.current_lr() == pytest.approx(1e-3)
     for accuracy in (0.5, 0.6, 0.6, 0.6):
-        scheduler.step_epoch(accuracy)
-    assert scheduler.current_lr() == pytest.approx(5e-4)
+        schedule.step_epoch(accuracy)
+    assert schedule.current_lr() == pytest.approx(5e-4)
     with pytest.raises(ValueError, match="needs the validation metric"):
-        scheduler.step_epoch(None)
+        schedule.step_epoch(None)
 
 
 def test_scheduler_state_round_trip():
     cfg = OptimConfig(name="sgd", lr=1.0, warmup_epochs=1)
     optimizer = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=cfg.lr)
-    scheduler = build_scheduler(cfg, optimizer, steps_per_epoch=4, epochs=5)
+    schedule = build_schedule(cfg, optimizer, steps_per_epoch=4, epochs=5)
     for _ in range(7):
-        scheduler.step_batch()
-    state = scheduler.state_dict()
+        schedule.step_batch()
+    state = schedule.state_dict()
     fresh_optimizer = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=cfg.lr)
-    restored = build_scheduler(cfg, fresh_optimizer, steps_per_epoch=4, epochs=5)
+    restored = build_schedule(cfg, fresh_optimizer, steps_per_epoch=4, epochs=5)
     restored.load_state_dict(state)
-    assert restored.current_lr() == pytest.approx(scheduler.current_lr())
-    scheduler.step_batch()
+    assert restored.current_lr() == pytest.approx(schedule.current_lr())
+    schedule.step_batch()
     restored.step_batch()
-    assert restored.current_lr() == pytest.approx(scheduler.current_lr())
+    assert restored.current_lr() == pytest.approx(schedule.current_lr())

@@ -202,12 +202,14 @@ def test_trials_in_separate_processes_can_open_a_fresh_store_at_once(tmp_path: P
 def test_git_commit_of_checkout_and_outside_git(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from core.tracking import store as tracking_store
+
     commit = tracking.git_commit()
-    if (Path(tracking.__file__).resolve().parents[1] / ".git").exists():
+    if (tracking_store._PROJECT_ROOT / ".git").exists():
         assert commit is not None and len(commit) == 40 and int(commit, 16) >= 0
     tracking.git_commit.cache_clear()
     tracking.git_dirty.cache_clear()
-    monkeypatch.setattr(tracking, "_PROJECT_ROOT", tmp_path)
+    monkeypatch.setattr(tracking_store, "_PROJECT_ROOT", tmp_path)
     try:
         assert tracking.git_commit() is None
         assert tracking.git_dirty() is None

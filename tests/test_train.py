@@ -356,7 +356,7 @@ def quaclrs_fsdd_config(
 def test_early_stopping_and_plateau_act_every_epoch_between_test_evaluations(
     scored, fsdd_root, cache_dir, mlflow_store, tmp_path, monkeypatch
 ):
-    import core.train
+    import core.train.loop
     from core.train import train
 
     # The real evaluation runs every epoch; only its val_top1 is replaced by a script, so
@@ -364,7 +364,7 @@ def test_early_stopping_and_plateau_act_every_epoch_between_test_evaluations(
     # speaker at one training step per epoch moves by chance).
     script = iter([0.5, 0.6, 0.6, 0.55, 0.9])
     scored_splits: list[tuple[str, ...]] = []
-    real_evaluate = core.train.evaluate_method
+    real_evaluate = core.train.loop.evaluate_method
 
     def scripted(*args, **kwargs):
         results = real_evaluate(*args, **kwargs)
@@ -373,7 +373,7 @@ def test_early_stopping_and_plateau_act_every_epoch_between_test_evaluations(
             results["val"].top1 = next(script)
         return results
 
-    monkeypatch.setattr(core.train, "evaluate_method", scripted)
+    monkeypatch.setattr(core.train.loop, "evaluate_method", scripted)
     cfg, who = quaclrs_fsdd_config(
         fsdd_root,
         cache_dir,

@@ -53,7 +53,7 @@ def frontend() -> torch.nn.Module:
 def _two_views(
     cfg: AugmentConfig, waves: torch.Tensor, frontend: torch.nn.Module, seed: int = 0
 ) -> list[torch.Tensor]:
-    """Both views exactly as core.train._train_epoch builds them: one generator, two calls."""
+    """Both views exactly as core.train.epoch.train_epoch builds them: one generator, two calls."""
     signal_augment = build_view_augment(cfg, SR)
     spec_augment = build_spec_pipeline(cfg)
     generator = _gen(seed)

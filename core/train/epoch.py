@@ -1,0 +1,130 @@
+"""One epoch of training: batches from the cache, two augmented views, one optimizer step
+per batch, and the epoch's mean losses and throughput.
+
+Plain PyTorch over the parts :func:`core.train.setup.set_up` built; heavy work stays on
+the device the batch lives on (augmentations and the front end are batched).
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from core.train.batches import epoch_batches, epoch_seed
+from core.train.setup import TrialParts
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN/Inf: the trial stops at once instead of training on garbage."""
+
+
+def train_epoch(trial: TrialParts, epoch: int) -> dict[str, float]:
+    """One epoch of training; returns the epoch's mean losses and throughput figures."""
+    cfg, context, data = trial.cfg, trial.context, trial.data
+    rank, world, device = context.rank, context.world_size, context.device
+    trial.model.train()
+    generator = torch.Generator(device=device)
+    generator.manual_seed(epoch_seed(cfg.train.seed, epoch, rank, 1))
+    sums: dict[str, Tensor] = {}
+    data_seconds = augment_seconds = 0.0
+    started = time.perf_counter()
+    steps = 0
+    batches = epoch_batches(
+        data.split.train,
+        trial.local_batch,
+        epoch,
+        cfg.train.seed,
+        rank,
+        world,
+        labelled=data.split.train_labels >= 0,
+        labelled_per_batch=cfg.train.labelled_per_batch,
+    )
+    for step, (cache_rows, positions) in enumerate(batches):
+        if step >= trial.steps_per_epoch:
+            break
+        tick = time.perf_counter()
+        waves = data.cache.batch(cache_rows).to(device, non_blocking=True)
+        labels = torch.from_numpy(data.split.train_labels[positions]).to(device)
+        data_seconds += time.perf_counter() - tick
+        steps += 1
+        if not type(cfg.method).trains:
+            # The control: no augmentation and no second view, only batch-norm statistics.
+            with torch.no_grad():
+                trial.method.calibrate(trial.frontend(waves))
+            continue
+        tick = time.perf_counter()
+        with torch.no_grad():
+            views = [
+                trial.spec_augment(trial.frontend(trial.signal_augment(waves, generator)), generator)
+                for _ in range(2)
+            ]
+        augment_seconds += time.perf_counter() - tick
+        outputs = train_step(trial, views, labels, epoch, step)
+        for key, value in outputs.items():
+            if value.numel() == 1:
+                sums[key] = sums.get(key, 0.0) + value.detach().float()
+    seconds = max(time.perf_counter() - started, 1e-9)
+    metrics = _mean_over_workers(sums, steps, world)
+    metrics.update(
+        epoch=float(epoch),
+        lr=float(trial.schedule.current_lr()),
+        samples_per_s=steps * trial.local_batch * world / seconds,
+        epoch_seconds=seconds,
+        data_wait_share=data_seconds / seconds,
+        augment_frontend_share=augment_seconds / seconds,
+        steps=float(steps),
+    )
+    return metrics
+
+
+def train_step(
+    trial: TrialParts, views: list[Tensor], labels: Tensor, epoch: int, step: int
+) -> dict[str, Tensor]:
+    """Forward both views (under autocast where AMP is on), check the loss, step the
+    optimizer, the learning-rate schedule and the method's momentum updates."""
+    cfg, device = trial.cfg, trial.context.device
+    autocast = (
+        torch.autocast(device.type, dtype=trial.amp_dtype)
+        if trial.amp_dtype is not None
+        else nullcontext()
+    )
+    with autocast:
+        outputs = trial.model(views[0], views[1], labels)
+    loss = outputs["loss"].float()
+    if trial.hooks.poisons_loss(epoch, step):
+        loss = loss * float("nan")
+    if not torch.isfinite(loss):
+        parts = ", ".join(
+            f"{k}={float(v.detach()):.4g}" for k, v in outputs.items() if v.numel() == 1
+        )
+        raise NonFiniteLossError(
+            f"non-finite loss at epoch {epoch}, step {step} (rank {trial.context.rank}): "
+            f"{parts}; lower optim.lr, set train.grad_clip, or check the input audio"
+        )
+    optimizer, scaler = trial.optimizer, trial.scaler
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if cfg.train.grad_clip:
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(trial.model.parameters(), cfg.train.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    trial.schedule.step_batch()
+    total_steps = cfg.train.epochs * trial.steps_per_epoch
+    trial.method.on_after_optimizer_step((epoch * trial.steps_per_epoch + step + 1) / total_steps)
+    trial.hooks.after_step(epoch, step)
+    return outputs
+
+
+def _mean_over_workers(sums: dict[str, Tensor], steps: int, world: int) -> dict[str, float]:
+    """Each summed output as its mean per step, averaged over the workers (the global
+    mean, not rank 0's share of the batch)."""
+    if world > 1 and sums:
+        stacked = torch.stack([sums[key] for key in sorted(sums)])
+        dist.all_reduce(stacked)
+        sums = dict(zip(sorted(sums), stacked / world, strict=True))
+    return {key: float(total) / max(steps, 1) for key, total in sums.items()}

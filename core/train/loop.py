@@ -1,0 +1,279 @@
+"""The training loop: set up, then per epoch train, evaluate, decide, checkpoint and report.
+
+``run_loop`` reads as plain PyTorch: each step is a named function over the trial's parts
+(:class:`~core.train.setup.TrialParts`) and one small :class:`Progress` (where the trial
+stands between epochs: what a checkpoint saves and what the decisions read). Its MLflow
+run is :class:`~core.tracking.TrialLog`'s business, fault injection
+:class:`~core.train.faults.FaultHooks`'; the host (in-process or a Ray Train worker) is a
+:class:`~core.train.context.TrialContext`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from core.config import ExperimentConfig
+from core.evaluate import EvaluationResult, evaluate_method
+from core.stats import CORRECT_KEY, PER_CLASS_KEY, encode_correct
+from core.tracking import RunIdentity, TrialLog, finish_completed_run
+from core.train.checkpoint import load_checkpoint, save_checkpoint
+from core.train.context import TrialContext, all_placements
+from core.train.epoch import train_epoch
+from core.train.setup import TrialParts, set_up
+
+
+@dataclass
+class EarlyStopping:
+    """Stop once ``patience`` epochs pass without a new best of a maximised metric
+    (QUACLRS 4.6: validation accuracy). ``patience=None`` never stops."""
+
+    patience: int | None
+    best: float = -math.inf
+    epochs_since_best: int = 0
+
+    def update(self, value: float | None, epochs_elapsed: int) -> bool:
+        """Record an evaluation; True when training should stop."""
+        if self.patience is None or value is None:
+            return False
+        if value > self.best:
+            self.best, self.epochs_since_best = value, 0
+        else:
+            self.epochs_since_best += epochs_elapsed
+        return self.epochs_since_best >= self.patience
+
+    def state_dict(self) -> dict[str, float]:
+        return {"best": self.best, "epochs_since_best": self.epochs_since_best}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.best, self.epochs_since_best = state["best"], int(state["epochs_since_best"])
+
+
+@dataclass
+class Progress:
+    """Where a trial stands between epochs: what its checkpoint saves and its decisions
+    read."""
+
+    stopper: EarlyStopping
+    next_epoch: int = 0
+    run_id: str = ""  # the MLflow run the epochs so far were logged to
+    finished: bool = False  # the last epoch ran, or early stopping ended the trial
+    metrics: dict[str, float] = field(default_factory=dict)  # the last epoch's
+
+
+@dataclass
+class Evaluation:
+    """An epoch's scores: the splits scored (rank 0) and whether the test split was."""
+
+    results: dict[str, EvaluationResult]
+    full: bool  # the test split was scored (an evaluation epoch, the last, an early stop)
+
+    @property
+    def test(self) -> EvaluationResult | None:
+        return self.results.get("test")
+
+
+def run_loop(
+    cfg: ExperimentConfig, context: TrialContext, identity: RunIdentity | None = None
+) -> dict[str, float]:
+    """Train one trial, evaluate it every ``train.eval_every`` epochs and at the end (the
+    validation split every epoch while early stopping or the plateau schedule watch a val_
+    metric), report and checkpoint every epoch, and log to MLflow from rank 0 as
+    ``identity`` (default: a standalone run in ``./results``)."""
+    identity = identity or RunIdentity()
+    trial = set_up(cfg, context)  # everything that can fail on bad input fails here
+    progress = restore(trial, context.latest_checkpoint_dir())
+    if progress.finished:
+        # The trial had ended when its host was interrupted: nothing is left to train;
+        # only make sure its MLflow run says so.
+        if trial.is_main and progress.run_id:
+            last = progress.next_epoch - 1
+            finish_completed_run(cfg, identity, progress.run_id, last, progress.metrics)
+        return dict(progress.metrics)
+    log = open_log(trial, identity, progress)
+    with log.ending():
+        for epoch in range(progress.next_epoch, trial.epochs):
+            metrics = train_epoch(trial, epoch)
+            evaluation = evaluate(trial, epoch, metrics, watched_only=False)
+            stop = decide(trial, progress, epoch, metrics, evaluation)
+            checkpoint_and_report(trial, progress, log, epoch, metrics, evaluation)
+            if stop:
+                break
+    return progress.metrics
+
+
+def restore(trial: TrialParts, restore_dir: Path | None) -> Progress:
+    """The progress of a fresh trial, or the model, optimizer, schedule, scaler, random
+    state and progress of the checkpoint in ``restore_dir``."""
+    progress = Progress(EarlyStopping(trial.cfg.train.early_stopping_patience))
+    if restore_dir is None:
+        return progress
+    state = load_checkpoint(restore_dir)
+    trial.method.load_state_dict(state["model"])
+    trial.optimizer.load_state_dict(state["optimizer"])
+    trial.schedule.load_state_dict(state["schedule"])
+    trial.scaler.load_state_dict(state["scaler"])
+    torch.set_rng_state(state["torch_rng"])
+    progress.stopper.load_state_dict(state["early_stopping"])
+    progress.next_epoch = state["epoch"] + 1
+    progress.run_id = state.get("mlflow_run_id") or ""
+    progress.finished = bool(state["finished"])
+    progress.metrics = dict(state["metrics"])
+    return progress
+
+
+def open_log(trial: TrialParts, identity: RunIdentity, progress: Progress) -> TrialLog:
+    """Rank 0's MLflow run, tagged with the data cache and the nodes every rank runs on
+    (a collective: every rank takes part); the other ranks get a silent log."""
+    context = trial.context
+    placement = all_placements(context.placement_tags(), context.world_size)
+    if not trial.is_main:
+        return TrialLog()
+    log = TrialLog.open(
+        trial.cfg,
+        identity,
+        run_id=progress.run_id or None,
+        start_epoch=progress.next_epoch,
+        restored_metrics=progress.metrics,
+        extra_tags={"clarlab.cache_hash": trial.data.cache.content_hash, **placement},
+    )
+    progress.run_id = log.run_id
+    return log
+
+
+def _watching(cfg: ExperimentConfig) -> bool:
+    """Whether early stopping or the plateau schedule watch a metric every epoch."""
+    return bool(cfg.train.early_stopping_patience) or cfg.optim.schedule == "plateau"
+
+
+def evaluate(
+    trial: TrialParts, epoch: int, metrics: dict[str, float], *, watched_only: bool
+) -> Evaluation:
+    """Score this epoch's splits on rank 0 and add their flat metrics (``val_top1``,
+    ``test_weighted_f1``, ...) to ``metrics``.
+
+    The test split at the ``eval_every`` pace and at the last epoch; the validation split
+    then too, and EVERY epoch while early stopping or the plateau schedule watch a val_
+    metric (a 5-epoch QUACLRS run with eval_every=10 must still be able to stop). With
+    ``watched_only`` only the test split (the scores of a trial that stops here)."""
+    cfg = trial.cfg
+    full = (epoch + 1) % cfg.train.eval_every == 0 or epoch == trial.epochs - 1
+    if watched_only:
+        splits: tuple[str, ...] = ("test",)
+    elif full:
+        splits = ("test", "val")
+    elif _watching(cfg) and cfg.train.early_stopping_metric.startswith("val_"):
+        splits = ("val",)
+    else:
+        splits = ()
+    if not (splits and trial.is_main):
+        return Evaluation({}, full)
+    context = trial.context
+    results = evaluate_method(
+        trial.method, trial.frontend, trial.data.cache, trial.data.split, cfg, context.device,
+        splits,
+    )  # fmt: skip
+    for result in results.values():
+        metrics.update(result.metrics())
+    return Evaluation(results, full or watched_only)
+
+
+def decide(
+    trial: TrialParts,
+    progress: Progress,
+    epoch: int,
+    metrics: dict[str, float],
+    evaluation: Evaluation,
+) -> bool:
+    """Early stopping and the plateau schedule, on the watched metric (rank 0's, so that
+    every rank takes the same decisions); True when the trial stops after this epoch. A
+    trial that stops between evaluations is scored on the test split here."""
+    cfg = trial.cfg
+    name = cfg.train.early_stopping_metric
+    watched = metrics.get(name) if trial.is_main else None
+    if _watching(cfg):
+        watched = _broadcast_from_main(watched, trial.context)
+        if watched is None:
+            raise ValueError(
+                f"train.early_stopping_metric={name!r} (watched by early stopping and the "
+                f"plateau schedule) is not among this epoch's metrics; use a val_ metric "
+                f"(val_top1, val_macro_f1, val_weighted_f1) or one of: "
+                f"{', '.join(sorted(metrics))}"
+            )
+    stop = progress.stopper.update(watched, epochs_elapsed=1)
+    metrics["early_stopped"] = float(stop)
+    if stop and not evaluation.full:
+        at_stop = evaluate(trial, epoch, metrics, watched_only=True)
+        evaluation.results.update(at_stop.results)
+        evaluation.full = True
+    trial.schedule.step_epoch(watched)
+    progress.finished = stop or epoch == trial.epochs - 1
+    return stop
+
+
+def checkpoint_and_report(
+    trial: TrialParts,
+    progress: Progress,
+    log: TrialLog,
+    epoch: int,
+    metrics: dict[str, float],
+    evaluation: Evaluation,
+) -> None:
+    """Rank 0 saves the checkpoint and logs the epoch (before the checkpoint is reported:
+    see :class:`~core.tracking.TrialLog`); every rank reports the epoch's metrics, with the
+    per-clip results of a test evaluation beside them for the sweep's report."""
+    progress.next_epoch, progress.metrics = epoch + 1, metrics
+    checkpoint_dir = None
+    if trial.is_main:
+        checkpoint_dir = Path(tempfile.mkdtemp(prefix="clarlab-ckpt-"))
+        save_checkpoint(checkpoint_dir, _checkpoint_state(trial, progress, epoch))
+        shown = evaluation.test or next(iter(evaluation.results.values()), None)
+        # Artifacts at the test pace only, not for every epoch's validation check.
+        log.epoch(epoch, metrics, shown if evaluation.full else None)
+    reported = dict(metrics)
+    test = evaluation.test
+    if test is not None:
+        if test.correct is not None:
+            # Per-clip correctness for intervals over test clips and McNemar's test in the
+            # sweep report (text, not a metric: MLflow gets the predictions CSV).
+            reported[CORRECT_KEY] = encode_correct(test.correct)
+        # Text beside the metrics, for per-class tables (QUACLRS Table 4).
+        reported[PER_CLASS_KEY] = json.dumps(
+            dict(zip(test.class_names, test.per_class_f1, strict=True))
+        )
+    trial.hooks.before_report(epoch)
+    trial.context.report(reported, checkpoint_dir)
+    if checkpoint_dir is not None:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+
+
+def _checkpoint_state(trial: TrialParts, progress: Progress, epoch: int) -> dict[str, object]:
+    return {
+        "epoch": epoch,
+        "model": trial.method.state_dict(),
+        "optimizer": trial.optimizer.state_dict(),
+        "schedule": trial.schedule.state_dict(),
+        "scaler": trial.scaler.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "mlflow_run_id": progress.run_id,
+        "early_stopping": progress.stopper.state_dict(),
+        "finished": progress.finished,
+        "metrics": progress.metrics,
+    }
+
+
+def _broadcast_from_main(value: float | None, context: TrialContext) -> float | None:
+    """Rank 0's value on every rank (None travels as NaN)."""
+    if context.world_size == 1:
+        return value
+    carrier = torch.tensor([math.nan if value is None else value], device=context.device)
+    dist.broadcast(carrier, src=0)
+    received = float(carrier.item())
+    return None if math.isnan(received) else received
