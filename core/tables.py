@@ -10,7 +10,9 @@ way QUACLRS reports folds: mean, standard deviation and range.
 Controls get rows of their own (``untrained control``, ``supervised reference``), placed in
 the columns they belong to, so every number sits next to its reference.
 
-Plain data in, files out (CSV, markdown, PNG); nothing here knows Ray or MLflow.
+Which panel, row and column each trial's value falls in is decided by
+:mod:`core.table_layout`; this module writes the tables it builds (CSV, markdown, PNG) and
+the per-class and curves views. Plain data in, files out; nothing here knows Ray or MLflow.
 """
 
 from __future__ import annotations
@@ -18,184 +20,16 @@ from __future__ import annotations
 import csv
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from core.cells import FINISHED, SUPERVISED, UNTRAINED, TrialRecord
-from core.stats import Interval, bootstrap_interval, t_interval
+from core.cells import FINISHED, UNTRAINED, TrialRecord
+from core.stats import t_interval
+from core.table_layout import WALL_TIME, Table, coords_label
 
-METRICS_COLUMNS = "metrics"
-WALL_TIME = "wall (s)"
-CONTROL_NAMES = {UNTRAINED: "untrained control", SUPERVISED: "supervised reference"}
-METRIC_NAMES = {
-    "test_top1": "top-1",
-    "test_macro_f1": "macro F1",
-    "test_weighted_f1": "weighted F1",
-    "val_top1": "val top-1",
-}
-
-
-@dataclass
-class TableCell:
-    """The values that fall in one table cell (over seeds and aggregated axes)."""
-
-    values: list[float] = field(default_factory=list)
-    correct: np.ndarray | None = None  # per-clip correctness when there is one value
-    stopped_early: bool = False
-
-    @property
-    def interval(self) -> Interval | None:
-        if not self.values:
-            return None
-        if len(self.values) == 1 and self.correct is not None:
-            return bootstrap_interval(self.correct)
-        return t_interval(self.values)
-
-    @property
-    def mean(self) -> float:
-        return float(np.mean(self.values)) if self.values else math.nan
-
-
-@dataclass
-class Table:
-    """One panel's table: ``cells[(row, column)]``; rows and columns in grid order."""
-
-    panel: str
-    row_header: str
-    rows: list[str]
-    columns: list[str]
-    cells: dict[tuple[str, str], TableCell]
-    summary: list[str]
-    metric: str
-    percent: bool  # values are fractions shown as percentages
-
-    def summaries(self, row: str) -> dict[str, float]:
-        """Mean, std and range across the row's columns (each column's mean)."""
-        means = [
-            self.cells[(row, c)].mean
-            for c in self.columns
-            if (row, c) in self.cells and c != WALL_TIME
-        ]
-        means = [value for value in means if not math.isnan(value)]
-        out: dict[str, float] = {}
-        if not means:
-            return out
-        if "mean" in self.summary:
-            out["mean"] = float(np.mean(means))
-        if "std" in self.summary:
-            out["std"] = float(np.std(means, ddof=1)) if len(means) > 1 else math.nan
-        if "range" in self.summary:
-            out["min"], out["max"] = float(min(means)), float(max(means))
-        return out
-
-
-def _key(record: TrialRecord, names: Sequence[str]) -> str:
-    return " / ".join(record.coords.get(name, "") for name in names if record.coords.get(name))
-
-
-def _is_fraction_metric(name: str) -> bool:
-    return name.startswith(("test_", "val_")) and not name.endswith("_loss")
-
-
-def build_tables(
-    records: Sequence[TrialRecord],
-    *,
-    rows: Sequence[str],
-    columns: str | None,
-    panels: Sequence[str] = (),
-    metrics: Sequence[str] = (),
-    summary: Sequence[str] = (),
-    wall_time: bool = False,
-    metric: str = "test_top1",
-) -> list[Table]:
-    """Group the finished trials into one :class:`Table` per panel.
-
-    ``columns`` is an axis name, ``"metrics"`` (one column per name in ``metrics``) or
-    None (one column: ``metric``). With ``wall_time`` a column of mean training seconds
-    is added. Controls become rows named after their role and the coordinates that are
-    not the columns'.
-    """
-    by_metric = columns == METRICS_COLUMNS
-    metric_names = list(metrics or [metric]) if by_metric else [metric]
-    panel_order: list[str] = []
-    row_order: dict[str, list[str]] = {}
-    column_order: dict[str, list[str]] = {}
-    found: dict[str, dict[tuple[str, str], TableCell]] = {}
-
-    def place(record: TrialRecord, panel: str) -> None:
-        if panel not in panel_order:
-            panel_order.append(panel)
-            row_order[panel], column_order[panel], found[panel] = [], [], {}
-        if record.role == "cell":
-            row = _key(record, rows) or record.cell_id
-        else:
-            context = [n for n in record.coords if n != columns and n not in panels]
-            row = " ".join(filter(None, [CONTROL_NAMES.get(record.role, record.role),
-                                         _key(record, context)]))  # fmt: skip
-        if row not in row_order[panel]:
-            row_order[panel].append(row)
-        if by_metric:
-            wanted = [(METRIC_NAMES.get(name, name), name) for name in metric_names]
-        elif columns is not None and columns in record.coords:
-            wanted = [(record.coords[columns], metric)]
-        elif columns is not None:
-            # A control that does not depend on the column axis: the same reference in
-            # every column (e.g. one untrained control for all label fractions).
-            wanted = [(column, metric) for column in column_order[panel]] or [("all", metric)]
-        else:
-            wanted = [(METRIC_NAMES.get(metric, metric), metric)]
-        if wall_time:
-            wanted.append((WALL_TIME, "__wall__"))
-        for column, name in wanted:
-            if column not in column_order[panel]:
-                column_order[panel].append(column)
-            cell = found[panel].setdefault((row, column), TableCell())
-            if record.status != FINISHED:
-                continue
-            value = record.wall_seconds if name == "__wall__" else record.metrics.get(name)
-            if value is None or math.isnan(float(value)):
-                continue
-            cell.values.append(float(value))
-            cell.correct = record.correct if len(cell.values) == 1 and name == metric else None
-            cell.stopped_early = cell.stopped_early or record.stopped_early
-
-    cells = [record for record in records if record.role == "cell"]
-    for record in cells:
-        place(record, _key(record, panels) or "all")
-    for record in records:
-        if record.role == "cell":
-            continue
-        # A control goes into every panel it fits (it may not depend on the panel axes).
-        fits = [
-            panel for panel in panel_order
-            if all(
-                record.coords.get(name) in (None, label)
-                for name, label in zip(panels, panel.split(" / "), strict=False)
-            )
-        ] if panels else ["all"]  # fmt: skip
-        for panel in fits or [_key(record, panels) or "all"]:
-            place(record, panel)
-    tables = []
-    for panel in panel_order:
-        # Controls after the cells, in the order they appeared.
-        ordered_rows = sorted(
-            row_order[panel], key=lambda r: any(r.startswith(n) for n in CONTROL_NAMES.values())
-        )
-        tables.append(
-            Table(
-                panel=panel,
-                row_header=" / ".join(rows) or "cell",
-                rows=ordered_rows,
-                columns=sorted(column_order[panel], key=lambda c: c == WALL_TIME),
-                cells=found[panel],
-                summary=[] if by_metric else list(summary),
-                metric=metric,
-                percent=_is_fraction_metric(metric),
-            )
-        )
-    return tables
+# Re-exported: core.report builds the tables it draws through this module.
+from core.table_layout import build_tables as build_tables
 
 
 def _scale(table: Table, column: str) -> float:
@@ -382,7 +216,7 @@ def per_class_table(
     for record in records:
         if record.status != FINISHED or not record.per_class_f1 or record.role != "cell":
             continue
-        row = _key(record, rows) or record.cell_id
+        row = coords_label(record, rows) or record.cell_id
         if row not in row_names:
             row_names.append(row)
         for name, value in record.per_class_f1.items():

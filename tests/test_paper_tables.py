@@ -17,7 +17,8 @@ from core.sweep.space import (
     load_search_space,
     restrict_axes,
 )
-from core.tables import WALL_TIME, build_tables, read_table_csv, table_markdown
+from core.table_layout import WALL_TIME, build_tables
+from core.tables import read_table_csv, table_markdown
 
 SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
 
