@@ -50,7 +50,7 @@ class TrialRecord:
     history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     coords: dict[str, str] = field(default_factory=dict)  # axis name -> label
     per_class_f1: dict[str, float] = field(default_factory=dict)  # class -> test F1
-    stopped_early: bool = False  # ended by the sweep's scheduler before its last epoch
+    stopped_early: bool = False  # ended by the sweep's trial scheduler before its last epoch
 
     def __post_init__(self) -> None:
         self.cell_id = self.cell_id or self.trial_id
@@ -77,13 +77,15 @@ class Cell:
     interval: Interval = field(init=False)
     vs_control: Comparison | None = None  # this cell - its untrained control
     within_best: bool = False
+    mode: str = "max"  # "min": lower scores are better (a loss)
 
     def __post_init__(self) -> None:
         self.interval = self.scores.interval()
 
     @property
     def verdict(self) -> str:
-        """Against the untrained control: ABOVE or BELOW beyond noise, or WITHIN noise."""
+        """Against the untrained control: ABOVE or BELOW beyond noise (the number's
+        direction), or WITHIN noise."""
         if self.vs_control is None or not self.scores.by_seed:
             return ""
         if not self.vs_control.significant:
@@ -91,13 +93,26 @@ class Cell:
         return ABOVE if self.vs_control.difference.mean > 0 else BELOW
 
     @property
+    def worse_than_control(self) -> bool:
+        """Beyond noise on the wrong side of the untrained control: below it for a score,
+        above it for a loss (``mode="min"``)."""
+        return self.verdict == (ABOVE if self.mode == "min" else BELOW)
+
+    @property
     def seeds(self) -> list[int]:
         return sorted(self.scores.by_seed)
 
 
-def gather_cells(records: Iterable[TrialRecord], metric: str = "test_top1") -> dict[str, Cell]:
+def gather_cells(
+    records: Iterable[TrialRecord], metric: str = "test_top1", mode: str = "max"
+) -> dict[str, Cell]:
     """Group records by cell, score them, compare each cell with its untrained control and
-    mark the cells within noise of the best cell of their panel."""
+    mark the cells within noise of the best cell of their panel (the highest, or the
+    lowest with ``mode="min"``).
+
+    With one seed a cell's interval and comparisons come from its per-test-clip results,
+    which say whether each clip was classified right: that is top-1's noise, not another
+    metric's, so other metrics get no per-clip interval."""
     grouped: dict[str, list[TrialRecord]] = {}
     for record in records:
         grouped.setdefault(record.cell_id, []).append(record)
@@ -105,7 +120,7 @@ def gather_cells(records: Iterable[TrialRecord], metric: str = "test_top1") -> d
     for cell_id, members in grouped.items():
         done = [r for r in members if r.status == FINISHED and not math.isnan(r.metric(metric))]
         by_seed = {r.seed: r.metric(metric) for r in done}
-        correct = done[0].correct if len(done) == 1 else None
+        correct = done[0].correct if len(done) == 1 and metric.endswith("top1") else None
         first = members[0]
         cells[cell_id] = Cell(
             cell_id=cell_id,
@@ -117,6 +132,7 @@ def gather_cells(records: Iterable[TrialRecord], metric: str = "test_top1") -> d
             finished=len(done),
             failed=sum(r.status == FAILED for r in members),
             controls=dict(first.controls),
+            mode=mode,
         )
     for cell in cells.values():
         control = cells.get(cell.controls.get(UNTRAINED, ""))
@@ -127,7 +143,7 @@ def gather_cells(records: Iterable[TrialRecord], metric: str = "test_top1") -> d
         members = {
             c.cell_id: c.scores for c in cells.values() if c.panel == panel and c.role == CELL
         }
-        _, tied = within_noise_of_best(members)
+        _, tied = within_noise_of_best(members, mode)
         for cell_id in tied:
             cells[cell_id].within_best = True
     return cells
@@ -163,11 +179,13 @@ def describe_panel(cells: Mapping[str, Cell], panel: str, metric: str) -> str:
     ):
         if role in controls and controls[role].scores.by_seed:
             lines.append(f"{panel}: {label} {metric} {controls[role].interval.describe()}")
-    best = max(scored, key=lambda c: c.interval.mean)
+    pick = min if scored[0].mode == "min" else max
+    best = pick(scored, key=lambda c: c.interval.mean)
     tied = [c for c in scored if c.within_best]
+    lowest = f" (lowest {metric})" if best.mode == "min" else ""
     lines.append(
-        f"{panel}: best cell {_name(best)} {best.interval.describe()}; {len(tied)} of "
-        f"{len(scored)} cells within noise of it ({basis}, 95 %)"
+        f"{panel}: best cell{lowest} {_name(best)} {best.interval.describe()}; {len(tied)} "
+        f"of {len(scored)} cells within noise of it ({basis}, 95 %)"
     )
     verdicts = [c.verdict for c in scored]
     if UNTRAINED in controls and any(verdicts):

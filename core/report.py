@@ -1,16 +1,11 @@
-"""Sweep reports: CLAR Figure 4 style augmentation matrices and a table of all trials.
+"""A grid's report: per panel the augmentation matrix (:mod:`core.heatmap`) or the
+paper-shaped table (:mod:`core.tables`), the cells with their intervals and controls, the
+curves, the table of all trials, and the summary in words.
 
 Plain data in, files out: the functions take :class:`TrialRecord` rows (built by
 :mod:`core.sweep` from Tune's experiment state, or by hand in a notebook) and write PNG,
-CSV and markdown files. Nothing here knows Ray; MLflow is touched only by
-:func:`log_report_to_run`, which attaches the files to an existing (parent) run.
-
-The matrix follows the paper's Figure 4: rows are the first augmentation, columns the
-second, the diagonal is the single augmentation applied once; an extra column holds the
-mean of each row ("when applied first"), an extra row the mean of each column ("when
-applied second"), and the corner the mean of the whole matrix. Means run over the cells
-that finished; a failed cell is shown as failed and left out of every mean, a cell that
-has not run yet is left empty.
+CSV and markdown files. Nothing here knows Ray or MLflow; the sweep attaches the files to
+its parent run (:class:`core.tracking.ParentRun`).
 """
 
 from __future__ import annotations
@@ -25,231 +20,37 @@ from typing import Any
 import numpy as np
 
 from core.cells import (
-    BELOW,
     FAILED,
     FINISHED,
-    SUPERVISED,
-    UNTRAINED,
     Cell,
     TrialRecord,
     cell_rows,
-    controls_of,
     describe_panel,
     gather_cells,
 )
+from core.heatmap import (
+    BEST_MARK,
+    STOPPED_MARK,
+    WORSE_MARK,
+    AugmentationMatrix,
+    augmentation_matrix,
+    matrix_text,
+    read_matrix_csv,
+    write_heatmap_png,
+    write_matrix_csv,
+)
 
-__all__ = ["FAILED", "FINISHED", "TrialRecord"]
-
-MEAN_FIRST = "mean (first)"
-MEAN_SECOND = "mean (second)"
-BELOW_MARK, BEST_MARK = "v", "*"  # terminal marks: below the control, within noise of best
-STOPPED_MARK = "s"  # stopped early by the scheduler (ASHA): its value is from an earlier rung
-
-
-@dataclass
-class AugmentationMatrix:
-    """Figure 4 for one panel: ``values[i, j]`` is the metric of (row i first, column j second).
-
-    ``values`` has shape (n + 1, n + 1): the last column holds the row means, the last row
-    the column means, the corner the mean of the n x n block. ``status`` has shape (n, n).
-    """
-
-    panel: str
-    metric: str
-    codes: list[str]
-    values: np.ndarray
-    status: np.ndarray
-    half_width: np.ndarray | None = None  # (n, n) interval half-widths (NaN: one value)
-    within_best: np.ndarray | None = None  # (n, n) bool: not distinguishable from the best
-    below_control: np.ndarray | None = None  # (n, n) bool: below the untrained control
-    controls: dict[str, Cell] = field(default_factory=dict)
-    stopped_early: np.ndarray | None = None  # (n, n) bool: ended early by the scheduler
-
-    @property
-    def best(self) -> tuple[str, str, float] | None:
-        """The best finished cell as (first, second, value), or None if none finished."""
-        block = self.values[:-1, :-1]
-        if np.all(np.isnan(block)):
-            return None
-        i, j = np.unravel_index(np.nanargmax(block), block.shape)
-        return self.codes[i], self.codes[j], float(block[i, j])
-
-
-def _nanmean(values: np.ndarray) -> float:
-    finite = values[~np.isnan(values)]
-    return float(finite.mean()) if finite.size else math.nan
-
-
-def augmentation_matrix(
-    records: Iterable[TrialRecord],
-    codes: Sequence[str],
-    panel: str,
-    metric: str = "test_top1",
-    cells: dict[str, Cell] | None = None,
-) -> AugmentationMatrix:
-    """Gather one panel's cells into the (n+1) x (n+1) Figure 4 layout with means.
-
-    A cell's value is its mean over seeds; a cell with a failed seed shows as failed only
-    when no seed finished.
-    """
-    records = list(records)
-    cells = cells if cells is not None else gather_cells(records, metric)
-    codes = list(codes)
-    index = {code: position for position, code in enumerate(codes)}
-    size = len(codes)
-    block = np.full((size, size), np.nan)
-    status = np.full((size, size), "", dtype=object)
-    half = np.full((size, size), np.nan)
-    best = np.zeros((size, size), dtype=bool)
-    below = np.zeros((size, size), dtype=bool)
-    stopped = np.zeros((size, size), dtype=bool)
-    for record in records:
-        if record.panel != panel or record.first not in index or record.second not in index:
-            continue
-        i, j = index[record.first], index[record.second]
-        stopped[i, j] = stopped[i, j] or record.stopped_early
-        cell = cells[record.cell_id]
-        status[i, j] = FINISHED if cell.finished else record.status
-        if cell.finished:
-            block[i, j] = cell.interval.mean
-            half[i, j] = cell.interval.half_width
-            best[i, j] = cell.within_best
-            below[i, j] = cell.verdict == BELOW
-    values = np.full((size + 1, size + 1), np.nan)
-    values[:size, :size] = block
-    for k in range(size):
-        values[k, size] = _nanmean(block[k, :])  # applied first: the row
-        values[size, k] = _nanmean(block[:, k])  # applied second: the column
-    values[size, size] = _nanmean(block)
-    return AugmentationMatrix(
-        panel=panel,
-        metric=metric,
-        codes=codes,
-        values=values,
-        status=status,
-        half_width=half,
-        within_best=best,
-        below_control=below,
-        controls=controls_of(cells, panel),
-        stopped_early=stopped,
-    )
-
-
-def _cell_text(value: float, status: str) -> str:
-    if status == FAILED:
-        return "failed"
-    return "" if math.isnan(value) else f"{value:.4f}"
-
-
-def write_matrix_csv(matrix: AugmentationMatrix, path: Path) -> Path:
-    """CSV with the codes as header/index plus the mean column, mean row and corner."""
-    size = len(matrix.codes)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow([f"first \\ second ({matrix.metric})", *matrix.codes, MEAN_FIRST])
-        for i, code in enumerate(matrix.codes):
-            cells = [_cell_text(matrix.values[i, j], matrix.status[i, j]) for j in range(size)]
-            writer.writerow([code, *cells, _cell_text(matrix.values[i, size], "")])
-        writer.writerow([MEAN_SECOND, *(_cell_text(v, "") for v in matrix.values[size, :])])
-    return path
-
-
-def read_matrix_csv(path: Path) -> tuple[list[str], np.ndarray]:
-    """Codes and the (n+1) x (n+1) values of a CSV written by :func:`write_matrix_csv`.
-
-    Failed and missing cells read back as NaN.
-    """
-    with path.open(newline="") as handle:
-        rows = list(csv.reader(handle))
-    codes = rows[0][1:-1]
-
-    def number(text: str) -> float:
-        try:
-            return float(text)
-        except ValueError:
-            return math.nan
-
-    values = np.array([[number(cell) for cell in row[1:]] for row in rows[1:]])
-    return codes, values
-
-
-def _control_line(matrix: AugmentationMatrix, scale: float) -> str:
-    parts = []
-    for role, label in ((UNTRAINED, "untrained control"), (SUPERVISED, "supervised")):
-        cell = matrix.controls.get(role)
-        if cell is not None and cell.scores.by_seed:
-            interval = cell.interval
-            shown = f"{interval.mean * scale:.1f}"
-            if not math.isnan(interval.half_width):
-                shown += f" +- {interval.half_width * scale:.1f}"
-            parts.append(f"{label} {shown}")
-    return "; ".join(parts)
-
-
-def write_heatmap_png(matrix: AugmentationMatrix, path: Path, title: str | None = None) -> Path:
-    """The Figure 4 heatmap: mean (and +- half-width over seeds or clips) in each cell,
-    means set apart, failed cells hatched, cells within noise of the best framed in white,
-    cells below the untrained control framed in red and marked with a down arrow; the
-    controls are named under the title."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; never needs a display
-    import matplotlib.pyplot as plt
-
-    size = len(matrix.codes)
-    labels = [*matrix.codes, "mean"]
-    scale = 100.0 if np.nanmax(np.abs(np.nan_to_num(matrix.values))) <= 1.0 else 1.0
-    shown = matrix.values * scale
-    figure, axes = plt.subplots(figsize=(1.15 * size + 2.8, 1.0 * size + 2.4))
-    limits = (0.0, 100.0) if scale == 100.0 else (None, None)  # accuracies: a fixed 0-100 scale
-    image = axes.imshow(np.ma.masked_invalid(shown), cmap="viridis", vmin=limits[0], vmax=limits[1])
-    for i in range(size + 1):
-        for j in range(size + 1):
-            inside = i < size and j < size
-            status = matrix.status[i, j] if inside else ""
-            if status == FAILED:
-                axes.add_patch(
-                    plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="xx", color="red")
-                )
-                text, color = "failed", "red"
-            elif math.isnan(shown[i, j]):
-                text, color = "", "white"
-            else:
-                text, color = f"{shown[i, j]:.1f}", "white"
-                if inside and matrix.half_width is not None:
-                    half = matrix.half_width[i, j] * scale
-                    text += "" if math.isnan(half) else f"\n+-{half:.1f}"
-            if inside and matrix.stopped_early is not None and matrix.stopped_early[i, j]:
-                text += "\n(stopped)"
-            if inside and matrix.below_control is not None and matrix.below_control[i, j]:
-                axes.add_patch(
-                    plt.Rectangle((j - 0.45, i - 0.45), 0.9, 0.9, fill=False, color="red", lw=2)
-                )
-                text = "\u2193 " + text
-            if inside and matrix.within_best is not None and matrix.within_best[i, j]:
-                axes.add_patch(
-                    plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, color="white", lw=2.5)
-                )
-            weight = "bold" if i == size or j == size else "normal"
-            axes.text(j, i, text, ha="center", va="center", color=color, fontsize=7, weight=weight)
-    axes.axhline(size - 0.5, color="black", linewidth=2)
-    axes.axvline(size - 0.5, color="black", linewidth=2)
-    axes.set_xticks(range(size + 1), labels)
-    axes.set_yticks(range(size + 1), labels)
-    axes.set_xlabel("second augmentation")
-    axes.set_ylabel("first augmentation")
-    unit = " (%)" if scale == 100.0 else ""
-    heading = title or f"{matrix.panel}: {matrix.metric}{unit}"
-    controls = _control_line(matrix, scale)
-    legend = "white frame: within noise of the best; red frame, \u2193: below the untrained control"
-    axes.set_title(f"{heading}\n{controls}\n{legend}" if controls else heading, fontsize=8)
-    figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+__all__ = [
+    "FAILED",
+    "FINISHED",
+    "AugmentationMatrix",
+    "ReportFiles",
+    "TrialRecord",
+    "augmentation_matrix",
+    "read_matrix_csv",
+    "trials_markdown",
+    "write_report",
+]
 
 
 def write_cells_csv(cells: dict[str, Cell], panels: Sequence[str], path: Path) -> Path:
@@ -369,39 +170,6 @@ def write_trials_csv(records: Iterable[TrialRecord], path: Path) -> Path:
     return path
 
 
-def matrix_text(matrix: AugmentationMatrix) -> str:
-    """A fixed-width rendering of one matrix for the terminal (values in %, 'x' = failed)."""
-    size = len(matrix.codes)
-    scale = 100.0 if np.nanmax(np.abs(np.nan_to_num(matrix.values))) <= 1.0 else 1.0
-    header = f"{matrix.panel:>8} |" + "".join(f"{code:>7}" for code in matrix.codes) + "   mean"
-    lines = [header, "-" * len(header)]
-    for i in range(size + 1):
-        name = matrix.codes[i] if i < size else "mean"
-        cells = []
-        for j in range(size + 1):
-            status = matrix.status[i, j] if i < size and j < size else ""
-            value = matrix.values[i, j]
-            if status == FAILED:
-                cells.append(f"{'x':>7}")
-            elif math.isnan(value):
-                cells.append(f"{'.':>7}")
-            else:
-                mark = " "
-                inside = i < size and j < size
-                if inside and matrix.within_best is not None and matrix.within_best[i, j]:
-                    mark = BEST_MARK
-                if inside and matrix.below_control is not None and matrix.below_control[i, j]:
-                    mark = BELOW_MARK
-                if inside and matrix.stopped_early is not None and matrix.stopped_early[i, j]:
-                    mark = STOPPED_MARK
-                cells.append(f"{value * scale:6.1f}{mark}")
-        lines.append(f"{name:>8} |" + "".join(cells))
-    controls = _control_line(matrix, scale)
-    if controls:
-        lines.append(f"{'':>8} | {controls}")
-    return "\n".join(lines)
-
-
 @dataclass
 class ReportFiles:
     """What :func:`write_report` produced (paths) and the terminal summary."""
@@ -419,6 +187,7 @@ def write_report(
     codes: Sequence[str] | None,
     panels: Sequence[str],
     metric: str = "test_top1",
+    mode: str = "max",
     name: str = "aug_matrix",
     note: str | None = None,
     table: Mapping[str, Any] | None = None,
@@ -427,10 +196,11 @@ def write_report(
     intervals and controls (CSV), the curves (PNG), and the table of all trials; the
     summary says in words what is beyond noise. ``note`` heads the summary (e.g. that a
     smoke-scale preset's cells are a pipeline check, not results). ``table`` is a search
-    space's report section (:class:`core.sweep.space.ReportSpec` as a dict): the paper's
-    table (and figure) shape, written by :func:`write_paper_table`."""
+    file's report section (:class:`core.sweep.table_spec.ReportSpec` as a dict): the
+    paper's table (and figure) shape, written by :func:`write_paper_table`. ``mode="min"``
+    ranks cells lowest first (a loss)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    cells = gather_cells(records, metric)
+    cells = gather_cells(records, metric, mode)
     files: list[Path] = []
     matrices: dict[str, AugmentationMatrix] = {}
     parts: list[str] = []
@@ -438,11 +208,11 @@ def write_report(
         table_files, table_text = write_paper_table(records, out_dir, table, metric, name)
         files += table_files
         parts.append(table_text)
-        parts.append(_verdicts(cells, metric))
+        parts.append(_verdicts(cells, metric, mode))
         panels = []  # the table replaces the per-panel matrices and their words
     for panel in panels:
         if codes:
-            matrix = augmentation_matrix(records, codes, panel, metric, cells)
+            matrix = augmentation_matrix(records, codes, panel, metric, cells, mode)
             matrices[panel] = matrix
             files.append(write_matrix_csv(matrix, out_dir / f"{name}_{panel}.csv"))
             files.append(write_heatmap_png(matrix, out_dir / f"{name}_{panel}.png"))
@@ -453,12 +223,13 @@ def write_report(
         parts.append(describe_panel(cells, panel, metric))
     files.append(write_cells_csv(cells, panels, out_dir / f"{name}_cells.csv"))
     if codes:
+        side = "above" if mode == "min" else "below"
         marks = (
-            f"marks: {BEST_MARK} within noise of the best cell, {BELOW_MARK} below the "
+            f"marks: {BEST_MARK} within noise of the best cell, {WORSE_MARK} {side} the "
             f"untrained control beyond noise"
         )
         if any(record.stopped_early for record in records):
-            marks += f", {STOPPED_MARK} stopped early by the scheduler (value at its last rung)"
+            marks += f", {STOPPED_MARK} stopped early by the trial scheduler (value at its last rung)"
         parts.append(marks)
     markdown = trials_markdown(records)
     (out_dir / "trials.md").write_text(markdown)
@@ -477,21 +248,23 @@ def write_report(
     return ReportFiles(matrices=matrices, files=files, summary="\n\n".join(parts), cells=cells)
 
 
-def _verdicts(cells: Mapping[str, Cell], metric: str) -> str:
-    """How many cells sit above, below or within noise of their untrained control."""
+def _verdicts(cells: Mapping[str, Cell], metric: str, mode: str = "max") -> str:
+    """How many cells sit above, below or within noise of their untrained control, and
+    which are worse than it (below it for a score, above it for a loss)."""
     scored = [c for c in cells.values() if c.role == "cell" and c.verdict]
     if not scored:
         return f"no cell could be compared with an untrained control on {metric}"
     verdicts = [c.verdict for c in scored]
-    below = [c.cell_id for c in scored if c.verdict == BELOW]
+    worse = [c.cell_id for c in scored if c.worse_than_control]
     line = (
         f"against their untrained control ({metric}): {verdicts.count('above')} of "
-        f"{len(scored)} cells above it beyond noise, {len(below)} below it, "
+        f"{len(scored)} cells above it beyond noise, {verdicts.count('below')} below it, "
         f"{verdicts.count('within noise')} within noise of it"
     )
-    if below:
-        line += f"\nbelow the untrained control: {', '.join(below[:12])}"
-        line += " ..." if len(below) > 12 else ""
+    if worse:
+        side = "above" if mode == "min" else "below"
+        line += f"\nworse than the untrained control ({side} it): {', '.join(worse[:12])}"
+        line += " ..." if len(worse) > 12 else ""
     return line
 
 
@@ -559,14 +332,5 @@ def write_paper_table(
     files.append(out_dir / f"{name}_table.md")
     legend = "values in % (mean +- 95 % interval over seeds and aggregated folds)"
     if any(cell.stopped_early for table in built for cell in table.cells.values()):
-        legend += "; (s): stopped early by the scheduler"
+        legend += "; (s): stopped early by the trial scheduler"
     return files, f"{text}\n{legend}"
-
-
-def log_report_to_run(tracking_uri: str, run_id: str, files: Iterable[Path]) -> None:
-    """Attach report files to an MLflow run (the sweep's parent run) under ``report/``."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri)
-    for path in files:
-        client.log_artifact(run_id, str(path), artifact_path="report")

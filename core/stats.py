@@ -170,13 +170,17 @@ def compare(a: CellScores, b: CellScores) -> Comparison:
     return Comparison(Interval(float(mean), math.nan, math.nan, 0, "none"), math.nan, "none")
 
 
-def within_noise_of_best(cells: Mapping[str, CellScores]) -> tuple[str | None, set[str]]:
-    """The best cell (highest mean) and every cell not significantly worse than it
-    (the best included). Cells that cannot be compared count as within noise."""
+def within_noise_of_best(
+    cells: Mapping[str, CellScores], mode: str = "max"
+) -> tuple[str | None, set[str]]:
+    """The best cell (highest mean, or lowest with ``mode="min"``) and every cell not
+    significantly different from it (the best included). Cells that cannot be compared
+    count as within noise."""
     scored = {name: cell for name, cell in cells.items() if cell.by_seed}
     if not scored:
         return None, set()
-    best = max(scored, key=lambda name: float(np.mean(list(scored[name].by_seed.values()))))
+    pick = min if mode == "min" else max
+    best = pick(scored, key=lambda name: float(np.mean(list(scored[name].by_seed.values()))))
     tied = {name for name, cell in scored.items() if not compare(scored[best], cell).significant}
     return best, tied | {best}
 

@@ -1,6 +1,6 @@
 """Paper-shaped tables for the parent run: rows x columns of a metric, with controls.
 
-A search space's ``report:`` section (:class:`core.sweep.space.ReportSpec`) names the axes
+A grid file's ``report:`` section (:class:`core.sweep.table_spec.ReportSpec`) names the axes
 that make the rows, the columns and the panels (one table each); every other axis (folds
 when they are not the columns) and the seeds are aggregated: a table cell shows the mean
 over them and a 95 % interval (Student t over the values; one value with per-clip

@@ -93,3 +93,25 @@ def test_missing_cells_stay_empty_and_table_lists_every_trial(tmp_path: Path) ->
     assert table.count("\n") == 2 + len(records)
     assert "| stft3-PS-FD | FINISHED | PS > FD | stft3 |" in table
     assert "| stft3-FD-FD | RUNNING | FD |" in table
+
+
+def test_a_min_mode_metric_marks_the_lowest_cell_best_in_the_heatmap_and_summary(
+    tmp_path: Path,
+) -> None:
+    """Ranked by a loss (``mode: min``), the best cell is the lowest: in the matrix, in the
+    cells within noise of it, and in the summary's words."""
+    values = np.array([[0.9, 0.8, 0.7], [0.6, 0.1, 0.5], [0.4, 0.3, 0.95]])
+    records = _records(values, "stft3")
+    for record in records:
+        record.metrics = {"loss": record.metrics["test_top1"]}
+    report = write_report(
+        records, tmp_path, codes=CODES, panels=["stft3"], metric="loss", mode="min"
+    )
+    matrix = report.matrices["stft3"]
+    assert matrix.best == ("FD", "FD", pytest.approx(0.1))
+    assert matrix.within_best[1, 1]
+    assert "stft3: best cell (lowest loss) FD 0.100" in report.summary
+    highest = write_report(records, tmp_path / "max", codes=CODES, panels=["stft3"], metric="loss")
+    assert highest.matrices["stft3"].best == ("WN", "WN", pytest.approx(0.95))
+    assert "best cell WN 0.950" in highest.summary
+    assert (tmp_path / "aug_matrix_stft3.png").stat().st_size > 0
