@@ -1,9 +1,12 @@
-"""The flags every ablation script shares, and the one ``main`` they all run.
+"""The flags every ablation script shares, and the one ``run`` they all end in.
 
-An ablation script is a docstring, a search-space name, and its own axis flags
-(``--augs``, ``--frontends``, ...); everything else (preset, dataset, epochs, workers,
-GPUs, cluster address, tracking, results, resume, dry run, ``--set``) is here, so every
-script behaves the same way and a new one is 20-40 lines.
+An ablation script is a docstring, a space file's name, and its own flags (a grid's axis
+selections such as ``--augs``, a search's ``--method``); everything else (preset,
+dataset, epochs, workers, GPUs, cluster address, tracking, results, resume, dry run,
+``--set``) is here, so every script behaves the same way and a new one is 20-40 lines.
+Grids and searches share every flag but the few that only mean something to one of them
+(``--seeds``, ``--no-controls``, ``--cell-set``, ``--retry-failed``, ``--throughput``
+for a grid; ``--samples`` for a search).
 
 Exit codes: 0 all trials finished (or a dry run passed), 2 bad input (one line on
 stderr, before Ray starts: a bad field, a missing dataset, a tracking server that does not
@@ -26,6 +29,7 @@ import yaml
 from core.config import PRESETS, ConfigError
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_TRIALS_FAILED, EXIT_INCOMPLETE = 0, 2, 3, 130
+GRID, SEARCH = "grid", "search"
 
 
 def _key_value(text: str) -> tuple[str, Any]:
@@ -59,40 +63,69 @@ def _resource_amount(text: str) -> tuple[str, float]:
 
 
 class AblationParser(argparse.ArgumentParser):
-    """``argparse`` with the shared groups exposed, so a script adds its axis flags to
-    ``parser.what``."""
+    """``argparse`` with the shared groups exposed, so a script adds its own flags to
+    ``parser.what``; ``kind`` says whether it runs a grid or a search."""
 
     what: argparse._ArgumentGroup
+    kind: str
 
 
-def build_parser(prog: str, description: str, search_space: str) -> AblationParser:
-    """The shared flags; ``search_space`` is the script's default grid."""
+def build_parser(prog: str, description: str, space: str, kind: str = GRID) -> AblationParser:
+    """The shared flags; ``space`` is the script's default space file."""
     parser = AblationParser(
         prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    what = parser.add_argument_group("what to run")
-    parser.what = what
+    parser.kind = kind
+    parser.what = parser.add_argument_group("what to run")
+    _what_flags(parser.what, space, kind)
+    _resource_flags(parser.add_argument_group("resources and cluster"))
+    _result_flags(parser.add_argument_group("results and tracking"), space)
+    _control_flags(parser.add_argument_group("control"), kind)
+    return parser
+
+
+def _what_flags(what: argparse._ArgumentGroup, space: str, kind: str) -> None:
     what.add_argument(
         "--preset",
         choices=sorted(PRESETS),
         default="quick",
         help="scale of every trial: 'quick' (FSDD, ResNet width 16, 1 CPU worker, minutes on "
-        "a laptop) or 'paper' (the paper's dataset and budget, 4 GPU workers per trial). "
-        "Default: quick",
+        "a laptop), 'laptop' (a budget measured to show the papers' effects on 2 cores) or "
+        "'paper' (the paper's dataset and budget, 4 GPU workers per trial). Default: quick",
     )
     what.add_argument(
+        "--space",
         "--search-space",
-        default=search_space,
-        help=f"search-space name in search_spaces/ or a path to a YAML file (default: {search_space})",
+        dest="space",
+        default=space,
+        help=f"space file: a name in search_spaces/ or a path to a YAML file (default: {space})",
     )
     what.add_argument("--dataset", help="dataset registry name (default: the preset's)")
     what.add_argument(
         "--data-root", help="dataset folder (default: $CLARLAB_DATA/<dataset>)", type=Path
     )
-    what.add_argument(
-        "--epochs", type=int, help="training epochs per trial (default: the preset's)"
-    )
+    what.add_argument("--epochs", type=int, help="training epochs per trial (default: the preset's)")
     what.add_argument("--seed", type=int, help="first training seed of every trial (default: 0)")
+    what.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        type=_key_value,
+        default=[],
+        metavar="KEY=VALUE",
+        help="any config field for every trial, e.g. --set train.batch_size=32 "
+        "--set method.temperature=0.2 (repeatable; values are YAML). Order of precedence: "
+        "code defaults < preset < the space file's base < its presets.<preset> < the grid "
+        "cell or the sample < --set < --cell-set",
+    )
+    if kind == SEARCH:
+        what.add_argument(
+            "--samples",
+            type=int,
+            help="trials to sample in this invocation (with --resume: how many more); "
+            "default: the search file's search.samples",
+        )
+        return
     what.add_argument(
         "--seeds",
         type=int,
@@ -105,19 +138,7 @@ def build_parser(prog: str, description: str, search_space: str) -> AblationPars
         dest="controls",
         action="store_false",
         help="leave out the untrained-encoder control and the supervised reference that "
-        "every sweep otherwise carries",
-    )
-    what.add_argument(
-        "--set",
-        dest="settings",
-        action="append",
-        type=_key_value,
-        default=[],
-        metavar="KEY=VALUE",
-        help="any config field for every trial, e.g. --set train.batch_size=32 "
-        "--set method.temperature=0.2 (repeatable; values are YAML). Order of precedence: "
-        "code defaults < preset < the search space's base < its presets.<preset> < the grid "
-        "cell < --set < --cell-set",
+        "every grid otherwise carries",
     )
     what.add_argument(
         "--cell-set",
@@ -129,7 +150,9 @@ def build_parser(prog: str, description: str, search_space: str) -> AblationPars
         help="a config field for one cell only, e.g. --cell-set stft3-FD-TM:train.seed=1 "
         "(trial ids as listed by --dry-run; repeatable)",
     )
-    where = parser.add_argument_group("resources and cluster")
+
+
+def _resource_flags(where: argparse._ArgumentGroup) -> None:
     where.add_argument(
         "--workers-per-trial",
         type=int,
@@ -176,11 +199,11 @@ def build_parser(prog: str, description: str, search_space: str) -> AblationPars
         "default: start a local Ray",
     )
     where.add_argument(
-        "--num-cpus",
-        type=int,
-        help="CPUs of the local Ray (default: all cores); ignored with --address",
+        "--num-cpus", type=int, help="CPUs of the local Ray (default: all cores); not with --address"
     )
-    out = parser.add_argument_group("results and tracking")
+
+
+def _result_flags(out: argparse._ArgumentGroup, space: str) -> None:
     out.add_argument(
         "--results",
         type=Path,
@@ -199,20 +222,19 @@ def build_parser(prog: str, description: str, search_space: str) -> AblationPars
         "--tracking-uri",
         help="MLflow tracking URI (e.g. http://localhost:5000 on the head: on a multi-node "
         "cluster a loopback host is replaced by the head's address so every node reaches it); "
-        "default: $MLFLOW_TRACKING_URI, else sqlite:///<results>/mlflow.db",
+        "default: $MLFLOW_TRACKING_URI, else sqlite:///<results>/mlflow.db. Credentials go in "
+        "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, not in the URI",
     )
-    out.add_argument(
-        "--experiment", help=f"MLflow experiment name (default: clarlab-{search_space})"
-    )
-    out.add_argument(
-        "--run-name", help=f"name of this sweep (default: {search_space}-<preset>-<time>)"
-    )
-    control = parser.add_argument_group("control")
+    out.add_argument("--experiment", help=f"MLflow experiment name (default: clarlab-{space})")
+    out.add_argument("--run-name", help=f"name of this sweep (default: {space}-<preset>-<time>)")
+
+
+def _control_flags(control: argparse._ArgumentGroup, kind: str) -> None:
     control.add_argument(
         "--dry-run",
         action="store_true",
-        help="validate everything (configs, resources, each trial's dataset and split sizes), "
-        "print the trial table and exit",
+        help="validate everything (configs, resources, each trial's dataset and split sizes, "
+        "the metric), print the plan and exit",
     )
     control.add_argument(
         "--show-config",
@@ -220,20 +242,14 @@ def build_parser(prog: str, description: str, search_space: str) -> AblationPars
         help="with --dry-run: print every trial's resolved config as YAML (what it logs to MLflow)",
     )
     control.add_argument(
-        "--throughput",
-        type=float,
-        metavar="CLIPS_PER_S",
-        help="with --dry-run: training clips per second per worker on your hardware, for the "
-        "cost estimate (default: measured on a 2-core laptop for CPU, an assumption for GPU)",
-    )
-    control.add_argument(
         "--resume",
         nargs="?",
         const=True,
         default=False,
         metavar="RUN_NAME",
-        help="continue an interrupted sweep (default: the latest under --results): finished "
-        "trials are kept, unfinished ones continue from their checkpoints in the same MLflow runs",
+        help="continue an interrupted sweep (default: the latest under --results). A grid keeps "
+        "its finished trials and continues the others from their checkpoints in the same "
+        "MLflow runs; a search samples --samples more into the same study",
     )
     control.add_argument(
         "--trust-results",
@@ -241,11 +257,6 @@ def build_parser(prog: str, description: str, search_space: str) -> AblationPars
         help="with --resume/--report-only: accept a results folder this user's clarlab did "
         "not write (copied from another machine). Resuming unpickles Tune's state from it, "
         "so only for folders you trust; the folder is then recorded as trusted",
-    )
-    control.add_argument(
-        "--retry-failed",
-        action="store_true",
-        help="with --resume: also rerun the trials that failed, from scratch",
     )
     control.add_argument(
         "--report-only",
@@ -263,19 +274,37 @@ def build_parser(prog: str, description: str, search_space: str) -> AblationPars
         metavar="SECONDS",
         help="seconds between progress lines (default: 30)",
     )
+    _scheduler_flag(control, kind)
+    if kind == GRID:
+        control.add_argument(
+            "--retry-failed",
+            action="store_true",
+            help="with --resume: also rerun the trials that failed, from scratch",
+        )
+        control.add_argument(
+            "--throughput",
+            type=float,
+            metavar="CLIPS_PER_S",
+            help="with --dry-run: training clips per second per worker on your hardware, for "
+            "the cost estimate (default: measured on a 2-core laptop for CPU, an assumption "
+            "for GPU)",
+        )
+
+
+def _scheduler_flag(control: argparse._ArgumentGroup, kind: str) -> None:
+    # A search is where stopping weak trials early pays most: ASHA is its default.
+    default = "asha" if kind == SEARCH else "fifo"
     control.add_argument(
         "--scheduler",
         choices=("fifo", "asha"),
-        default="fifo",
-        help="how trials are run (default: %(default)s). 'fifo': every trial runs its whole "
+        default=default,
+        help="the trial scheduler (default: %(default)s). 'fifo': every trial runs its whole "
         "budget. 'asha': successive halving: at the evaluation epochs train.eval_every, 2x, "
-        "4x ... that (before the last), a cell scoring below the median of the cells that "
-        "reached that epoch stops, so the worse half stops at each of them and the best "
-        "pairs come out for a fraction of the GPU-hours. The controls always run their whole "
-        "budget; the report marks the cells stopped early. Needs train.epochs > "
-        "train.eval_every (e.g. --set train.eval_every=5 with 20 epochs)",
+        "4x ... that (before the last), a trial worse than the median of those that reached "
+        "that epoch stops (better and worse by the space file's metric and mode). A grid's "
+        "controls always run their whole budget, and its report marks the cells stopped "
+        "early. Needs train.epochs > train.eval_every",
     )
-    return parser
 
 
 def request_from_args(
@@ -296,16 +325,17 @@ def request_from_args(
         overrides["train.seed"] = args.seed
     overrides.update(dict(args.settings))
     trial_overrides: dict[str, dict[str, Any]] = {}
-    for trial_id, key, value in args.cell_settings:
+    for trial_id, key, value in getattr(args, "cell_settings", []):
         trial_overrides.setdefault(trial_id, {})[key] = value
     return SweepRequest(
-        search_space=args.search_space,
+        space=args.space,
         preset=args.preset,
         overrides=overrides,
         axis_values=dict(axis_values),
         trial_overrides=trial_overrides,
-        seeds=args.seeds,
-        controls=args.controls,
+        seeds=getattr(args, "seeds", None),
+        controls=getattr(args, "controls", False),
+        samples=getattr(args, "samples", None),
         workers_per_trial=args.workers_per_trial,
         cpus_per_worker=args.cpus_per_worker,
         gpus_per_worker=args.gpus_per_worker,
@@ -321,10 +351,10 @@ def request_from_args(
         experiment=args.experiment,
         run_name=args.run_name,
         resume=args.resume,
-        retry_failed=args.retry_failed,
+        retry_failed=getattr(args, "retry_failed", False),
         dry_run=args.dry_run,
         show_config=args.show_config,
-        throughput=args.throughput,
+        throughput=getattr(args, "throughput", None),
         report_only=args.report_only,
         command_line=shlex.join([f"{prog}.py", *argv]),
         progress_every_s=args.progress_every,
@@ -367,12 +397,12 @@ def run(
     axis_flags: Mapping[str, str],
     adjust: Adjust | None = None,
 ) -> int:
-    """Parse, run the sweep, and map the outcome to an exit code.
+    """Parse, run the sweep (grid or search), and map the outcome to an exit code.
 
-    ``axis_flags`` maps a flag's ``dest`` (``"augs"``) to the axis it restricts
+    ``axis_flags`` maps a flag's ``dest`` (``"augs"``) to the grid axis it restricts
     (``"augment.pipeline"``). ``adjust(args, axis_values)`` lets a script turn its own
-    flags into axis selections (new cases, a preset-dependent default); it raises
-    :class:`~core.config.ConfigError` for bad input.
+    flags into axis selections or settings (new cases, a preset-dependent default); it
+    raises :class:`~core.config.ConfigError` for bad input.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
@@ -381,20 +411,15 @@ def run(
     axis_values = {
         axis: list(getattr(args, dest)) for dest, axis in axis_flags.items() if getattr(args, dest)
     }
-    if adjust is not None:
-        try:
-            adjust(args, axis_values)
-        except ConfigError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return EXIT_BAD_INPUT
-    from core.sweep import run_sweep
-
-    if args.trust_results:
-        from core.sweep.trust import trust_results
-
-        trust_results()
-
     try:
+        if adjust is not None:
+            adjust(args, axis_values)
+        if args.trust_results:
+            from core.sweep.trust import trust_results
+
+            trust_results()
+        from core.sweep import run_sweep
+
         outcome = run_sweep(request_from_args(args, argv, parser.prog, axis_values))
     except (ConfigError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)

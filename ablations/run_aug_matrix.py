@@ -25,7 +25,7 @@ __all__ = ["EXIT_BAD_INPUT", "EXIT_INCOMPLETE", "EXIT_OK", "EXIT_TRIALS_FAILED",
 
 
 def build_parser() -> _cli.AblationParser:
-    parser = _cli.build_parser("run_aug_matrix", __doc__ or "", search_space="aug_matrix")
+    parser = _cli.build_parser("run_aug_matrix", __doc__ or "", space="aug_matrix")
     parser.what.add_argument(
         "--augs",
         nargs="+",

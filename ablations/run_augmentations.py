@@ -22,7 +22,7 @@ from ablations import _cli
 
 
 def build_parser() -> _cli.AblationParser:
-    parser = _cli.build_parser("run_augmentations", __doc__ or "", search_space="augmentations")
+    parser = _cli.build_parser("run_augmentations", __doc__ or "", space="augmentations")
     parser.what.add_argument(
         "--augmentations",
         nargs="+",

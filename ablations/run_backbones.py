@@ -26,7 +26,7 @@ from ablations import _cli
 
 
 def build_parser() -> _cli.AblationParser:
-    parser = _cli.build_parser("run_backbones", __doc__ or "", search_space="backbones")
+    parser = _cli.build_parser("run_backbones", __doc__ or "", space="backbones")
     parser.what.add_argument(
         "--encoders",
         nargs="+",

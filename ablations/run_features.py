@@ -29,7 +29,7 @@ LAPTOP_DATASETS = ["fsdd"]
 
 
 def build_parser() -> _cli.AblationParser:
-    parser = _cli.build_parser("run_features", __doc__ or "", search_space="features")
+    parser = _cli.build_parser("run_features", __doc__ or "", space="features")
     parser.what.add_argument(
         "--datasets",
         nargs="+",

@@ -23,7 +23,7 @@ from ablations import _cli
 
 
 def build_parser() -> _cli.AblationParser:
-    parser = _cli.build_parser("run_label_fraction", __doc__ or "", search_space="label_fraction")
+    parser = _cli.build_parser("run_label_fraction", __doc__ or "", space="label_fraction")
     parser.what.add_argument(
         "--methods", nargs="+", metavar="NAME", help="rows (default: supervised simclr clar)"
     )

@@ -21,11 +21,11 @@ if __package__ in (None, ""):  # run as a file from a plain checkout: make `core
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ablations import _cli
-from core.sweep.space import load_search_space
+from core.sweep.grid import load_grid
 
 
 def build_parser() -> _cli.AblationParser:
-    parser = _cli.build_parser("run_moco_queue", __doc__ or "", search_space="moco_queue")
+    parser = _cli.build_parser("run_moco_queue", __doc__ or "", space="moco_queue")
     parser.what.add_argument(
         "--full-grid",
         action="store_true",
@@ -57,7 +57,7 @@ def adjust(args: argparse.Namespace, axis_values: dict[str, list[Any]]) -> None:
 
             raise ConfigError("--batch-sizes and --queues go with --full-grid")
         return
-    axis = load_search_space(args.search_space).axis("batch_queue")
+    axis = load_grid(args.space).axis("batch_queue")
     declared = list(axis.coupled.values()) if axis else []
     batches = args.batch_sizes or sorted({case["train.batch_size"] for case in declared})
     queues = args.queues or sorted({case["method.queue_size"] for case in declared})

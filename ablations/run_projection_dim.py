@@ -20,7 +20,7 @@ from ablations import _cli
 
 
 def build_parser() -> _cli.AblationParser:
-    parser = _cli.build_parser("run_projection_dim", __doc__ or "", search_space="projection_dim")
+    parser = _cli.build_parser("run_projection_dim", __doc__ or "", space="projection_dim")
     parser.what.add_argument(
         "--dims", nargs="+", type=int, metavar="D", help="projection outputs (default: 64 128 256)"
     )

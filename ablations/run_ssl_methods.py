@@ -21,7 +21,7 @@ from ablations import _cli
 
 
 def build_parser() -> _cli.AblationParser:
-    parser = _cli.build_parser("run_ssl_methods", __doc__ or "", search_space="ssl_methods")
+    parser = _cli.build_parser("run_ssl_methods", __doc__ or "", space="ssl_methods")
     parser.what.add_argument(
         "--methods",
         nargs="+",

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("CLARLAB_DATA", str(Path(__file__).resolve().parents[2] / "shared/datasets"))
 
-from core.sweep import SweepRequest, init_ray, prepare_trials, run_sweep  # noqa: E402
+from core.sweep import SweepRequest, init_ray, prepare_grid, run_sweep  # noqa: E402
 from core.tracking import RunIdentity  # noqa: E402
 from core.train import CallbackContext, run_loop  # noqa: E402
 
@@ -59,8 +59,7 @@ def reference_seconds(request: SweepRequest) -> float:
     import torch
 
     torch.set_num_threads(1)  # as a 1-CPU trial does
-    _, trials, _ = prepare_trials(request)
-    configs = [trial.config for trial in trials]
+    configs = [trial.config for trial in prepare_grid(request).trials]
     identity = RunIdentity(tracking_uri=request.tracking_uri, results_dir=request.results_dir)
     run_loop(configs[0], CallbackContext(), identity)  # warm-up: cache, imports, MLflow store
     started = time.perf_counter()
@@ -72,9 +71,10 @@ def reference_seconds(request: SweepRequest) -> float:
 _FRESH_VALIDATION = """
 import sys, time
 started = time.perf_counter()
-from core.sweep.space import expand_trials, load_search_space
+from core.sweep.design import expand_trials
+from core.sweep.grid import load_grid
 imported = time.perf_counter()
-trials = expand_trials(load_search_space("aug_matrix"), preset="quick")
+trials = expand_trials(load_grid("aug_matrix"), preset="quick")
 done = time.perf_counter()
 assert len(trials) == 72 and "torch" not in sys.modules
 print(imported - started, done - imported)

@@ -245,7 +245,7 @@ class OptimConfig(Section):
     schedule: Literal["warmup_cosine", "plateau", "cosine_annealing", "constant"] = "warmup_cosine"
     lars_eta: float = Field(1e-3, gt=0)
     # schedule='plateau' (QUACLRS): multiply lr by plateau_factor after plateau_patience
-    # epochs without improvement of the metric given to Scheduler.step_epoch.
+    # epochs without improvement of the metric given to LearningRateSchedule.step_epoch.
     plateau_mode: Literal["max", "min"] = "max"
     plateau_factor: float = Field(0.1, gt=0, lt=1)
     plateau_patience: int = Field(5, ge=0)

@@ -18,7 +18,7 @@ caller:
   package, instead of in a worker's traceback;
 - ``ray-node-ip`` binds the address Ray uses for this node, which is the address the
   sweep driver hands to trials on other nodes in place of a loopback tracking URI
-  (``core.sweep.driver.reachable_tracking_uri``).
+  (``core.sweep.session.reachable_tracking_uri``).
 
     python -m core.serve mlflow                      # 127.0.0.1:5000, results/mlflow.db
     python -m core.serve mlflow --host ray-node-ip   # on a cluster's head node

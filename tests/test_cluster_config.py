@@ -3,7 +3,7 @@
 Offline: Ray's ``prepare_config`` + ``validate_config`` (what ``ray up`` runs before it
 talks to a cloud) on ``cluster.yaml`` (AWS), on its commented A10G alternative as a user
 would uncomment it, and on ``cluster.local.yaml``; the paper preset's trial, sized by the
-sweep's own ``prepare_trials``, against the worker node type's ``resources``; every server
+sweep's own ``prepare_grid``, against the worker node type's ``resources``; every server
 the files start, parsed by the launcher that starts it; and the files' shell commands that
 decide where things live, run in bash against a scratch home.
 """
@@ -25,7 +25,8 @@ from ray.autoscaler._private.util import prepare_config, validate_config
 from core.config import PRESETS
 from core.serve import build_parser
 from core.serve_plan import is_loopback, is_wildcard, plan_mlflow
-from core.sweep.driver import SweepRequest, prepare_trials
+from core.sweep.grid_plan import prepare_grid
+from core.sweep.request import SweepRequest
 from core.sweep.resources import ResourceError, Resources, replan
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,7 +64,8 @@ def a10g_alternative() -> str:
 @pytest.fixture(scope="module")
 def paper_trial() -> Resources:
     """What one paper trial asks Ray for, sized as the sweep driver sizes it."""
-    _, trials, resources = prepare_trials(SweepRequest(preset="paper"))
+    plan = prepare_grid(SweepRequest(preset="paper"))
+    trials, resources = plan.trials, plan.resources
     workers = PRESETS["paper"]["train"]["num_workers"]
     assert trials and resources.workers_per_trial == workers
     assert resources.per_trial["GPU"] == workers  # one GPU per training worker

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
+import pickle
 from pathlib import Path
 
 import pytest
@@ -70,7 +74,7 @@ def test_known_fields_include_every_methods_fields() -> None:
     assert "train.epochs" in fields and not any(name.startswith("tracking.") for name in fields)
 
 
-def test_a_validated_config_reaches_a_trial_unchanged_and_unvalidated() -> None:
+def test_a_validated_config_reaches_a_trial_as_hashed_json_unchanged() -> None:
     cfg = preset(
         "quick",
         {"method": {"name": "swav", "prototypes": 30}, "data": {"root": "/data/fsdd"}},
@@ -80,3 +84,24 @@ def test_a_validated_config_reaches_a_trial_unchanged_and_unvalidated() -> None:
     again = ExperimentConfig.from_payload(payload)
     assert again == cfg and again.data.root == Path("/data/fsdd")
     assert type(again.method).__name__ == "SwAVConfig"
+    # JSON, not a pickle: readable, and nothing in it runs code when a trial reads it.
+    envelope = json.loads(payload)
+    assert set(envelope) == {"config", "sha256"}
+    assert json.loads(envelope["config"])["method"]["prototypes"] == 30
+
+
+def test_a_tampered_or_foreign_payload_is_refused() -> None:
+    payload = json.loads(preset("quick").to_payload())
+    edited = payload["config"].replace('"epochs":2', '"epochs":2000')
+    assert edited != payload["config"]
+    with pytest.raises(ConfigError, match="does not match its SHA-256"):
+        ExperimentConfig.from_payload(json.dumps({**payload, "config": edited}))
+    pickled = base64.b64encode(pickle.dumps(preset("quick"))).decode()  # the old format
+    with pytest.raises(ConfigError, match="not clarlab's JSON envelope"):
+        ExperimentConfig.from_payload(pickled)
+    # Hashed correctly but invalid (say, written by another version): validated again.
+    broken = payload["config"].replace('"epochs":2', '"epochs":-1')
+    forged = {"config": broken, "sha256": hashlib.sha256(broken.encode()).hexdigest()}
+    with pytest.raises(ConfigError, match="train.epochs"):
+        ExperimentConfig.from_payload(json.dumps(forged))
+

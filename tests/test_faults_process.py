@@ -185,19 +185,29 @@ def test_a_results_folder_on_a_nearly_full_disk_is_refused(
         check_sweep_disk(results)
 
 
+@pytest.mark.parametrize(
+    "script",
+    [
+        ["ablations.run_aug_matrix", "--augs", "FD", "--frontends", "stft3", "--no-controls"],
+        ["ablations.run_search", "--samples", "1", "--scheduler", "fifo"],
+    ],
+    ids=["grid", "search"],
+)
 def test_the_cli_refuses_a_nearly_full_results_disk_before_ray_starts(
-    fsdd_root: Path, cache_dir: Path, tmp_path: Path
+    script: list[str], fsdd_root: Path, cache_dir: Path, tmp_path: Path
 ) -> None:
-    """The whole command: exit 2 with one line naming the folder and the fix, and nothing
-    written (no sweep folder, no MLflow store) -- it fails before Ray starts."""
+    """The whole command, a grid's or a search's: exit 2 with one line naming the folder
+    and the fix, and nothing written (no sweep folder, no MLflow store) -- it fails before
+    Ray starts."""
     from core.sweep.disk import MIN_FREE_ENV, free_mb
 
     results = tmp_path / "results"
     environment = {**os.environ, MIN_FREE_ENV: str(int(free_mb(tmp_path)) + 10**9)}
+    settings = _cli_settings(fsdd_root, cache_dir, epochs=1)
+    if script[0].endswith("run_search"):  # fields a search samples cannot be --set
+        settings = [flag for flag in settings if "batch_size" not in flag and "proj_dim" not in flag]
     command = [
-        sys.executable, "-m", "ablations.run_aug_matrix", "--augs", "FD", "--frontends",
-        "stft3", "--no-controls", "--num-cpus", "1", "--results", str(results),
-        *_cli_settings(fsdd_root, cache_dir, epochs=1),
+        sys.executable, "-m", *script, "--num-cpus", "1", "--results", str(results), *settings,
     ]  # fmt: skip
     done = subprocess.run(
         command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=120

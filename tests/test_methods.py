@@ -86,6 +86,8 @@ def test_each_method_loss_drops_when_overfitting_real_clips(fsdd_views, name):
     for step in range(steps):
         out = method(view1, view2, labels)
         assert out["loss"].dtype == torch.float32 and torch.isfinite(out["loss"])
+        # What a space file may rank by is declared beside the config (core.metrics).
+        assert set(out) == set(type(cfg.method).reported), name
         optimizer.zero_grad()
         out["loss"].backward()
         optimizer.step()

@@ -11,12 +11,9 @@ import pytest
 
 from core.cells import FINISHED, TrialRecord
 from core.report import write_report
-from core.sweep.space import (
-    SearchSpaceError,
-    expand_trials,
-    load_search_space,
-    restrict_axes,
-)
+from core.sweep.design import expand_trials
+from core.sweep.errors import GridError
+from core.sweep.grid import load_grid, restrict_axes
 from core.table_layout import WALL_TIME, build_tables
 from core.tables import read_table_csv, table_markdown
 
@@ -133,7 +130,7 @@ def test_per_class_table_and_curves(tmp_path: Path) -> None:
 
 # --- axis kinds ---------------------------------------------------------------------------
 def test_folds_axis_takes_the_datasets_declared_folds() -> None:
-    space = load_search_space(SPACES / "projection_dim.yaml")
+    space = load_grid(SPACES / "projection_dim.yaml")
     trials = expand_trials(space, preset="quick")
     folds = sorted({trial.config.data.fold for trial in trials})
     assert folds == [1, 2, 3, 4, 5, 6]  # FSDD: six speakers, one fold each
@@ -143,14 +140,14 @@ def test_folds_axis_takes_the_datasets_declared_folds() -> None:
     }  # fmt: skip
     chosen = expand_trials(restrict_axes(space, {"data.fold": [2]}), preset="quick")
     assert [trial.trial_id for trial in chosen] == ["64-fold2", "128-fold2", "256-fold2"]
-    with pytest.raises(SearchSpaceError, match=r"folds \[7\] do not exist in 'fsdd'"):
+    with pytest.raises(GridError, match=r"folds \[7\] do not exist in 'fsdd'"):
         expand_trials(restrict_axes(space, {"data.fold": [7]}), preset="quick")
-    with pytest.raises(SearchSpaceError, match="has no folds"):
+    with pytest.raises(GridError, match="has no folds"):
         expand_trials(space, preset="quick", overrides={"data.dataset": "speech_commands_10"})
 
 
 def test_cases_axis_and_new_cases() -> None:
-    space = load_search_space(SPACES / "moco_queue.yaml")
+    space = load_grid(SPACES / "moco_queue.yaml")
     trials = expand_trials(space, preset="quick")
     assert [(t.config.train.batch_size, t.config.method.queue_size) for t in trials] == [
         (8, 4096), (16, 4096), (32, 4096), (32, 8192)
@@ -159,18 +156,18 @@ def test_cases_axis_and_new_cases() -> None:
                                                              "method.queue_size": 128}}]})  # fmt: skip
     (trial,) = expand_trials(new, preset="quick")
     assert trial.trial_id == "b4-q128" and trial.config.method.queue_size == 128
-    with pytest.raises(SearchSpaceError, match="not a case; valid: b8-q4096"):
+    with pytest.raises(GridError, match="not a case; valid: b8-q4096"):
         restrict_axes(space, {"batch_queue": ["b1-q1"]})
 
 
 def test_controls_are_named_by_what_they_depend_on() -> None:
-    space = load_search_space(SPACES / "moco_queue.yaml")
+    space = load_grid(SPACES / "moco_queue.yaml")
     trials = expand_trials(space, preset="quick", controls=True)
     controls = {t.trial_id: t for t in trials if t.role != "cell"}
     # The untrained control has no queue: one per batch size, named by it.
     assert {"batch_size8-untrained", "batch_size32-untrained"} <= set(controls)
     assert sum(t.role == "untrained" for t in controls.values()) == 3
-    fd = load_search_space(SPACES / "projection_dim.yaml")
+    fd = load_grid(SPACES / "projection_dim.yaml")
     trials = expand_trials(restrict_axes(fd, {"data.fold": [1, 2]}), preset="quick", controls=True)
     named = sorted(t.trial_id for t in trials if t.role != "cell")
     # The projection size does not matter to a control: one per fold and role.
@@ -182,8 +179,8 @@ def test_report_section_must_name_axes(tmp_path: Path) -> None:
     path.write_text(
         "ablation: bad\naxes:\n  model.proj_dim: [64]\nreport:\n  rows: [model.width]\n"
     )
-    with pytest.raises(SearchSpaceError, match="'model.width' is not an axis"):
-        load_search_space(path)
+    with pytest.raises(GridError, match="'model.width' is not an axis"):
+        load_grid(path)
 
 
 def test_figure_five_draws_a_band_over_seeds(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ import os
 import shutil
 import stat
 import threading
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -22,8 +23,9 @@ from core.config import ExperimentConfig
 from core.sweep import state as state_module
 from core.sweep import trust
 from core.sweep.resources import Resources
-from core.sweep.space import Trial
-from core.sweep.state import SWEEP_FILE, SweepState, unique_run_name
+from core.sweep.search import load_search
+from core.sweep.state import SWEEP_FILE, GridDetails, SearchDetails, SweepState, unique_run_name
+from core.sweep.trials import Trial
 from core.tracking import RunIdentity
 
 
@@ -44,9 +46,10 @@ def make_state(results: Path, run_name: str) -> SweepState:
         for seed, (a, b) in enumerate([("PS", "FD"), ("FD", "TM"), ("TM", "PS")])
     ]
     return SweepState(
+        kind="grid",
         run_name=run_name,
         ablation="aug_matrix",
-        search_space="search_spaces/aug_matrix.yaml",
+        space_file="search_spaces/aug_matrix.yaml",
         preset="quick",
         identity=RunIdentity(
             tracking_uri=f"sqlite:///{results}/mlflow.db",
@@ -55,15 +58,28 @@ def make_state(results: Path, run_name: str) -> SweepState:
             parent_run_id="0123abcd",
             results_dir=results,
         ),
-        experiment_path=f"{results}/{run_name}/tune",
-        metric="test/top1",
-        matrix_codes=["PS", "FD", "TM"],
-        panels=["stft3"],
+        metric="test_top1",
+        mode="max",
         resources=Resources(),
-        seeds=1,
+        scheduler=None,
+        storage_root=str(results),
         max_failures=0,
         command_line="run_aug_matrix.py --preset quick",
-        trials=trials,
+        grid=GridDetails(trials, ["PS", "FD", "TM"], ["stft3"], seeds=1, report=None),
+    )
+
+
+def make_search_state(results: Path, run_name: str) -> SweepState:
+    """A search's state, as ``run_search.py`` writes it before its first trial."""
+    _, settings = load_search("search")
+    grid = make_state(results, run_name)
+    return replace(
+        grid,
+        kind="search",
+        ablation="search",
+        space_file="search_spaces/search.yaml",
+        grid=None,
+        search=SearchDetails(settings, ExperimentConfig()),
     )
 
 
@@ -113,18 +129,18 @@ def test_a_copied_folder_is_refused_and_the_message_says_how_it_knows(tmp_path: 
 def test_an_edited_trial_list_is_refused(tmp_path: Path) -> None:
     run_dir = new_sweep(tmp_path / "results")
     raw = json.loads((run_dir / SWEEP_FILE).read_text())
-    raw["trials"] = raw["trials"][:2]  # one cell fewer, token untouched
+    raw["grid"]["trials"] = raw["grid"]["trials"][:2]  # one cell fewer, token untouched
     (run_dir / SWEEP_FILE).write_text(json.dumps(raw, indent=1))
 
     with pytest.raises(trust.UntrustedResultsError, match="changed since clarlab wrote it"):
         SweepState.ensure_trusted(run_dir)
 
 
-def test_a_redirected_experiment_path_is_refused(tmp_path: Path) -> None:
+def test_a_redirected_storage_root_is_refused(tmp_path: Path) -> None:
     """Where Tune restores from is the field an attacker would change: it is hashed too."""
     run_dir = new_sweep(tmp_path / "results")
     raw = json.loads((run_dir / SWEEP_FILE).read_text())
-    raw["experiment_path"] = str(tmp_path / "elsewhere" / "tune")
+    raw["storage_root"] = str(tmp_path / "elsewhere")
     (run_dir / SWEEP_FILE).write_text(json.dumps(raw, indent=1))
 
     with pytest.raises(trust.UntrustedResultsError, match="changed since"):
@@ -253,13 +269,14 @@ def test_sweeps_saved_at_once_all_keep_their_entries(tmp_path: Path) -> None:
 def test_resume_and_report_only_check_trust_before_loading_anything(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Through the driver: a copied folder never reaches the report (which reads Tune's
+    """Through the runner: a copied folder never reaches the report (which reads Tune's
     state); the folder this user wrote does."""
-    from core.sweep import driver
+    from core.sweep import runner
+    from core.sweep.request import SweepRequest
 
     reported: list[Path] = []
-    monkeypatch.setattr(
-        driver, "finish_sweep", lambda state, run_dir, stream, **kw: reported.append(run_dir)
+    monkeypatch.setitem(
+        runner.FINISHERS, "grid", lambda state, run_dir, stream, **kw: reported.append(run_dir)
     )
     results = tmp_path / "results"
     original = new_sweep(results)
@@ -267,13 +284,41 @@ def test_resume_and_report_only_check_trust_before_loading_anything(
 
     for which in ("copied", str(results / "copied")):
         for flags in ({"report_only": which}, {"resume": which}):
-            request = driver.SweepRequest(results_dir=results, **flags)
+            request = SweepRequest(results_dir=results, **flags)
             with pytest.raises(trust.UntrustedResultsError, match="no entry"):
-                driver.run_sweep(request)
+                runner.run_sweep(request)
     assert reported == []
 
-    driver.run_sweep(driver.SweepRequest(results_dir=results, report_only="sweep-a"))
+    runner.run_sweep(SweepRequest(results_dir=results, report_only="sweep-a"))
     assert reported == [original.resolve()]
+
+
+def test_a_searchs_state_refuses_a_foreign_folder_like_a_grids(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A search resumes into its Optuna study and Tune's pickled state: the same state
+    file, token and registry entry guard it, through the command line, before Ray."""
+    import ray
+
+    from ablations import run_search
+
+    results = tmp_path / "results"
+    original = results / "search-a"
+    make_search_state(results, "search-a").save(original)
+    SweepState.ensure_trusted(original)
+    assert SweepState.load(original).search is not None
+    shutil.copytree(original, results / "copied")
+    for flags in (["--resume", "copied"], ["--report-only", "copied"]):
+        code = run_search.main([*flags, "--results", str(results)])
+        assert code == run_search.EXIT_BAD_INPUT
+        err = capsys.readouterr().err
+        assert "refusing to resume or report on" in err and "has no entry" in err
+    assert not ray.is_initialized()
+    # Nor does a grid's script take a search's folder for a grid's.
+    from ablations import run_aug_matrix
+
+    assert run_aug_matrix.main(["--report-only", "search-a", "--results", str(results)]) == 2
+    assert "holds a search" in capsys.readouterr().err
 
 
 # --- run names --------------------------------------------------------------------------------

@@ -16,15 +16,10 @@ import pytest
 from ray.tune.schedulers import TrialScheduler
 
 from ablations import run_aug_matrix, run_search
-from core.sweep.search import (
-    STUDY_FILE,
-    SearchState,
-    describe_halving,
-    halving_rungs,
-    halving_scheduler,
-    load_search,
-)
-from core.sweep.space import SearchSpaceError
+from core.sweep.errors import SearchError
+from core.sweep.halving import describe_halving, halving_rungs, halving_scheduler
+from core.sweep.search import load_search, to_config
+from core.sweep.state import STUDY_FILE, SweepState
 from core.tracking import find_trial_runs, tracking_client
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,7 +65,7 @@ def test_dry_run_prints_the_space_without_starting_ray(
         "method.temperature  uniform in [0.05, 1]",
         "model.proj_dim      one of 32, 64, 128, 256",
         "train.batch_size    one of 16, 32, 64",
-        "augment.pipeline    36 pairs: PS, PS+FD,",
+        "augment.pipeline    36 choices: PS, PS+FD,",
     ):
         assert line in shown
     assert "train/val/test 300/0/300" in shown  # the preflight scanned the real FSDD
@@ -81,15 +76,15 @@ def test_bad_requests_fail_before_ray(tmp_path: Path, capsys: pytest.CaptureFixt
     # A sampled field cannot also be fixed with --set.
     assert run_search.main(["--dry-run", "--set", "optim.lr=0.1"]) == run_search.EXIT_BAD_INPUT
     assert "optim.lr is sampled by the search" in capsys.readouterr().err
-    # Grid-only flags are refused, not ignored.
+    # Grid-only flags do not exist for a search: refused, not ignored.
     with pytest.raises(SystemExit) as exit_info:
         run_search.main(["--dry-run", "--seeds", "2"])
     assert exit_info.value.code == 2
-    assert "--seeds applies to grids" in capsys.readouterr().err
+    assert "unrecognized arguments: --seeds 2" in capsys.readouterr().err
     # A distribution that cannot be sampled names the file and the key.
     bad = tmp_path / "bad.yaml"
     bad.write_text("search:\n  params:\n    optim.lr: {loguniform: [0, 0.1]}\n")
-    with pytest.raises(SearchSpaceError, match=r"search\.params\.optim\.lr\.loguniform"):
+    with pytest.raises(SearchError, match=r"search\.params\.optim\.lr\.loguniform"):
         load_search(bad)
     # A sampled value the config refuses is found before any trial runs.
     worse = tmp_path / "worse.yaml"
@@ -101,9 +96,13 @@ def test_bad_requests_fail_before_ray(tmp_path: Path, capsys: pytest.CaptureFixt
 
 def test_pairs_are_the_ordered_pairs_as_config_values() -> None:
     _, settings = load_search("search")
-    (pairs,) = [param for param in settings.params if param.field == "augment.pipeline"]
+    pairs = settings.params["augment.pipeline"]
+    assert isinstance(pairs, optuna.distributions.CategoricalDistribution)
     assert len(pairs.choices) == 36 and pairs.choices[:2] == ("PS", "PS+FD")
-    assert pairs.to_config("FD+TM") == ["FD", "TM"] and pairs.to_config("FD") == ["FD"]
+    assert to_config("augment.pipeline", "FD+TM") == ["FD", "TM"]
+    assert to_config("augment.pipeline", "FD") == ["FD"]
+    lr = settings.params["optim.lr"]
+    assert isinstance(lr, optuna.distributions.FloatDistribution) and lr.log
 
 
 def _trial(name: str) -> Any:
@@ -176,7 +175,7 @@ def test_search_with_asha_then_resume_into_the_same_study(
     assert optuna.trial.TrialState.COMPLETE in states
     for trial in study.trials:  # a pruned trial is one ASHA stopped after its first epoch
         stopped = trial.state == optuna.trial.TrialState.PRUNED
-        assert trial.user_attrs["epochs"] == (1 if stopped else 2)
+        assert trial.last_step == (1 if stopped else 2)
         assert set(trial.params) == {
             "optim.lr",
             "method.temperature",
@@ -185,7 +184,7 @@ def test_search_with_asha_then_resume_into_the_same_study(
             "train.batch_size",
             "augment.pipeline",
         }
-    state = SearchState.load(run_dir)
+    state = SweepState.load(run_dir)
     parent_id = state.parent_run_id
     children = find_trial_runs(uri, parent_id)
     by_id = {run.data.tags["clarlab.trial_id"]: run for run in children}
@@ -204,7 +203,7 @@ def test_search_with_asha_then_resume_into_the_same_study(
     study = _study(run_dir)
     assert [trial.number for trial in study.trials] == list(range(6))
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials[4:])
-    assert SearchState.load(run_dir).parent_run_id == parent_id
+    assert SweepState.load(run_dir).parent_run_id == parent_id
     assert (run_dir / "tune-2").is_dir()
     children = find_trial_runs(uri, parent_id)
     assert sorted(run.data.tags["clarlab.trial_id"] for run in children) == [
@@ -262,3 +261,16 @@ def test_aug_matrix_under_asha_completes_with_the_controls_at_full_budget(
     assert epochs["stft3-supervised"] == 2 and epochs["stft3-untrained"] == 1
     assert all(epochs[cell] in (1, 2) for cell in cells)
     assert max(epochs[cell] for cell in cells) == 2  # the first at epoch 1 always goes on
+
+
+def test_halving_on_a_loss_stops_the_highest() -> None:
+    """``mode: min`` reaches ASHA too: at a rung the trial with the higher loss stops."""
+    scheduler = halving_scheduler(metric="loss", mode="min", eval_every=1, epochs=4)
+    assert scheduler is not None
+    low, high = _trial("low"), _trial("high")
+    for trial in (low, high):
+        scheduler.on_trial_add(None, trial)
+    epoch1 = {"training_iteration": 1}
+    assert scheduler.on_trial_result(None, low, {**epoch1, "loss": 0.2}) == TrialScheduler.CONTINUE
+    assert scheduler.on_trial_result(None, high, {**epoch1, "loss": 0.9}) == TrialScheduler.STOP
+    assert "a trial higher than the median" in describe_halving(1, 4, "loss", "min")

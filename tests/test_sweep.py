@@ -1,5 +1,5 @@
-"""Search spaces without Ray: loading, validation errors, grid expansion, presets, resources,
-and the CLI's dry run of the full Figure 4 matrix."""
+"""Grid files without Ray: loading, validation errors, expansion, presets, resources, and
+the CLI's dry run of the full Figure 4 matrix."""
 
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ from ablations.run_aug_matrix import EXIT_BAD_INPUT, EXIT_OK, main
 from core.config import PRESETS, ExperimentConfig
 from core.sweep import (
     ResourceError,
-    SearchSpaceError,
+    SweepError,
     SweepRequest,
     expand_trials,
-    load_search_space,
+    load_grid,
     plan_resources,
-    prepare_trials,
+    prepare_grid,
     restrict_axes,
     run_sweep,
 )
@@ -91,7 +91,7 @@ def test_full_matrix_dry_run_lists_72_trials(capsys: pytest.CaptureFixture[str])
 
 
 def test_expansion_pairs_and_configs() -> None:
-    space = load_search_space("aug_matrix")
+    space = load_grid("aug_matrix")
     assert [axis.field for axis in space.axes] == ["frontend.name", "augment.pipeline"]
     trials = expand_trials(space, preset="quick")
     assert len(trials) == 72
@@ -109,7 +109,7 @@ def test_expansion_pairs_and_configs() -> None:
 
 
 def test_merge_order_defaults_preset_base_space_preset_cell_set(tmp_path: Path) -> None:
-    space = load_search_space(_write(tmp_path, SMALL_SPACE))
+    space = load_grid(_write(tmp_path, SMALL_SPACE))
     # base alone: epochs from the YAML base.
     plain = expand_trials(space, preset=None)
     assert plain[0].config.train.epochs == 7
@@ -132,7 +132,7 @@ def test_merge_order_defaults_preset_base_space_preset_cell_set(tmp_path: Path) 
     assert seeds["stft3-FD-PS"] == 5 and sum(seeds.values()) == 5
     # --set on a field an axis sweeps would make every cell the same: refused.
     for swept in ("augment.pipeline", "model.encoder"):
-        with pytest.raises(SearchSpaceError, match=f"{swept} is swept by an axis"):
+        with pytest.raises(SweepError, match=f"{swept} is swept by an axis"):
             expand_trials(space, preset="quick", overrides={swept: "x"})
 
 
@@ -146,8 +146,8 @@ axes:
 """
 
 
-def test_a_preset_never_overrides_the_search_spaces_base(tmp_path: Path) -> None:
-    space = load_search_space(_write(tmp_path, QUACLRS_SPACE))
+def test_a_preset_never_overrides_the_grid_files_base(tmp_path: Path) -> None:
+    space = load_grid(_write(tmp_path, QUACLRS_SPACE))
     for preset_name in ("quick", "paper"):
         for trial in expand_trials(space, preset=preset_name):
             cfg = trial.config
@@ -162,7 +162,7 @@ def test_a_preset_never_overrides_the_search_spaces_base(tmp_path: Path) -> None
 
 
 def test_dataset_specific_preset_values_stay_with_their_dataset() -> None:
-    space = load_search_space("aug_matrix")  # quick: FSDD at 8 kHz, 300 clips
+    space = load_grid("aug_matrix")  # quick: FSDD at 8 kHz, 300 clips
     fsdd = expand_trials(space, preset="quick")[0].config.data
     assert (fsdd.dataset, fsdd.sample_rate, fsdd.max_clips) == ("fsdd", 8000, 300)
     for dataset in ("esc10", "speech_commands_10"):
@@ -174,7 +174,7 @@ def test_dataset_specific_preset_values_stay_with_their_dataset() -> None:
 def test_a_method_axis_gives_each_method_its_published_defaults(tmp_path: Path) -> None:
     text = SMALL_SPACE.replace("method: {name: simclr}", "method: {name: simclr, temperature: 0.5}")
     text = text.replace("  augment.pipeline: {matrix: [PS, FD]}", "  method.name: [simclr, moco]")
-    space = load_search_space(_write(tmp_path, text))
+    space = load_grid(_write(tmp_path, text))
     trials = expand_trials(space, preset="quick", overrides={"method.queue_size": 4096})
     temperatures = {t.trial_id: t.config.method.temperature for t in trials}
     assert temperatures == {
@@ -187,20 +187,20 @@ def test_a_method_axis_gives_each_method_its_published_defaults(tmp_path: Path) 
 
 
 def test_restricting_axes_from_the_command_line(tmp_path: Path) -> None:
-    space = load_search_space("aug_matrix")
+    space = load_grid("aug_matrix")
     small = restrict_axes(space, {"augment.pipeline": ["TM", "PS"], "frontend.name": ["stft3"]})
     ids = [t.trial_id for t in expand_trials(small, preset="quick")]
     assert ids == ["stft3-TM-TM", "stft3-TM-PS", "stft3-PS-TM", "stft3-PS-PS"]
-    with pytest.raises(SearchSpaceError, match=r"\['mel'\] not declared; valid: raw1d, stft3"):
+    with pytest.raises(SweepError, match=r"\['mel'\] not declared; valid: raw1d, stft3"):
         restrict_axes(space, {"frontend.name": ["mel"]})
-    with pytest.raises(SearchSpaceError, match="no axis 'train.seed'"):
+    with pytest.raises(SweepError, match="no axis 'train.seed'"):
         restrict_axes(space, {"train.seed": [1]})
 
 
 def test_unknown_augmentation_code_names_file_trial_and_choices(tmp_path: Path) -> None:
     path = _write(tmp_path, SMALL_SPACE.replace("[PS, FD]", "[PS, XX]"))
-    with pytest.raises(SearchSpaceError) as error:
-        expand_trials(load_search_space(path), preset="quick")
+    with pytest.raises(SweepError) as error:
+        expand_trials(load_grid(path), preset="quick")
     message = str(error.value)
     assert str(path) in message and "trial raw1d-PS-XX" in message
     assert "augment.pipeline" in message and "'XX'" in message
@@ -214,13 +214,13 @@ def test_broken_yaml_and_bad_keys_name_file_and_key(tmp_path: Path) -> None:
     broken = _write(
         tmp_path, "ablation: x\naxes:\n  augment.pipeline: {matrix: [PS, FD\n", "b.yaml"
     )
-    with pytest.raises(SearchSpaceError, match=rf"{broken}:\d+:\d+: not valid YAML"):
-        load_search_space(broken)
+    with pytest.raises(SweepError, match=rf"{broken}:\d+:\d+: not valid YAML"):
+        load_grid(broken)
     cases = {
         "ablation: x\nbsae: {}\n": r"unknown top-level key\(s\) bsae; valid: ablation",
         "base:\n  train: {epohcs: 3}\n": r"base: train.epohcs: unknown field; valid: .*train.epochs",
         "base:\n  trian: {epochs: 3}\n": r"base: trian.epochs: unknown section 'trian'; valid: ",
-        "axes:\n  train.seeds: [1, 2]\n": r"axes.train.seeds: unknown field 'train.seeds'",
+        "axes:\n  train.seeds: [1, 2]\n": r"axes.train.seeds: train.seeds: unknown field; valid",
         "axes:\n  train.seed: {matrix: [1, 2]}\n": r"'matrix' needs a list-valued field",
         "axes:\n  train.seed: []\n": r"axes.train.seed.values: expected a non-empty list",
         "axes:\n  frontend.name:\n    values: [stft3]\n    with: {mel: {model.width: 8}}\n": (
@@ -230,20 +230,20 @@ def test_broken_yaml_and_bad_keys_name_file_and_key(tmp_path: Path) -> None:
     }
     for number, (text, pattern) in enumerate(cases.items()):
         path = _write(tmp_path, text, f"case{number}.yaml")
-        with pytest.raises(SearchSpaceError, match=pattern) as error:
-            load_search_space(path)
+        with pytest.raises(SweepError, match=pattern) as error:
+            load_grid(path)
         assert str(path) in str(error.value)
-    with pytest.raises(SearchSpaceError, match="not one of the shipped ones .*aug_matrix"):
-        load_search_space("no_such_space")
+    with pytest.raises(SweepError, match="not one of the shipped ones .*aug_matrix"):
+        load_grid("no_such_space")
 
 
 def test_invalid_value_in_trial_names_field(tmp_path: Path) -> None:
     # raw1d front end with a 2D encoder: only the combination is invalid.
     path = _write(tmp_path, SMALL_SPACE.replace("raw1d: {model.encoder: resnet18_1d}", "raw1d: {}"))
-    with pytest.raises(SearchSpaceError, match=r"trial raw1d-PS-PS.*model.encoder='resnet18_1d'"):
-        expand_trials(load_search_space(path), preset="quick")
-    good = load_search_space(_write(tmp_path, SMALL_SPACE, "good.yaml"))
-    with pytest.raises(SearchSpaceError, match="unknown trial id.*'raw1d-PS-PS' \\(8 trials\\)"):
+    with pytest.raises(SweepError, match=r"trial raw1d-PS-PS.*model.encoder='resnet18_1d'"):
+        expand_trials(load_grid(path), preset="quick")
+    good = load_grid(_write(tmp_path, SMALL_SPACE, "good.yaml"))
+    with pytest.raises(SweepError, match="unknown trial id.*'raw1d-PS-PS' \\(8 trials\\)"):
         expand_trials(good, preset="quick", trial_overrides={"nope": {}})
 
 
@@ -270,8 +270,8 @@ def test_resource_requests() -> None:
 
 
 def test_paper_preset_plans_gpu_workers(capsys: pytest.CaptureFixture[str]) -> None:
-    space, trials, resources = prepare_trials(SweepRequest(preset="paper"))
-    cfg = trials[0].config
+    plan = prepare_grid(SweepRequest(preset="paper"))
+    cfg, resources = plan.trials[0].config, plan.resources
     assert (cfg.train.epochs, cfg.train.batch_size, cfg.optim.name) == (1000, 1024, "lars")
     assert (cfg.data.dataset, cfg.method.name, cfg.method.temperature) == (
         "speech_commands_10",
@@ -342,8 +342,9 @@ def test_dry_run_refuses_a_batch_larger_than_the_training_split(
 
 VALIDATE_GRID = """
 import sys, time
-from core.sweep.space import expand_trials, load_search_space
-trials = expand_trials(load_search_space("aug_matrix"), preset="quick")
+from core.sweep.design import expand_trials
+from core.sweep.grid import load_grid
+trials = expand_trials(load_grid("aug_matrix"), preset="quick")
 assert len(trials) == 72
 print("torch" in sys.modules, "torchaudio" in sys.modules, "nnAudio" in sys.modules)
 """
@@ -358,3 +359,55 @@ def test_validating_a_grid_imports_no_torch() -> None:
         [sys.executable, "-c", VALIDATE_GRID], capture_output=True, text=True, check=True
     )
     assert done.stdout.split() == ["False", "False", "False"], done.stderr
+
+
+def test_a_metric_no_trial_reports_fails_the_dry_run_naming_the_known_ones(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A grid or a search ranked by a metric its trials never report would fill every
+    table with NaN after the whole budget: the dry run refuses it and lists what they do
+    report (the method's own losses among them)."""
+    from ablations import run_search
+
+    grid = _write(tmp_path, SMALL_SPACE + "metric: test_top5\n", "grid.yaml")
+    assert main(["--dry-run", "--space", str(grid)]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "metric 'test_top5' is not reported by these trials" in err
+    assert "test_top1" in err and "nt_xent" in err and str(grid) in err
+    search = _write(
+        tmp_path,
+        "metric: val_top1\nsearch:\n  params:\n    optim.lr: {loguniform: [1.0e-4, 1.0e-2]}\n",
+        "search.yaml",
+    )
+    # FSDD's official split has no validation clips: val_top1 is never reported there.
+    assert run_search.main(["--dry-run", "--space", str(search)]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "metric 'val_top1' is not reported" in err and "test_macro_f1" in err
+    # A metric the trials do report passes, whatever its name: here a loss.
+    loss = _write(tmp_path, SMALL_SPACE + "metric: nt_xent\nmode: min\n", "loss.yaml")
+    assert main(["--dry-run", "--space", str(loss)]) == EXIT_OK
+    capsys.readouterr()
+
+
+def test_mode_defaults_by_the_metric_and_is_checked(tmp_path: Path) -> None:
+    assert load_grid(_write(tmp_path, SMALL_SPACE + "metric: loss\n", "a.yaml")).mode == "min"
+    assert load_grid(_write(tmp_path, SMALL_SPACE, "b.yaml")).mode == "max"
+    with pytest.raises(SweepError, match="mode: expected max or min, got 'lowest'"):
+        load_grid(_write(tmp_path, SMALL_SPACE + "mode: lowest\n", "c.yaml"))
+
+
+def test_the_progress_line_keeps_the_best_by_the_spaces_mode() -> None:
+    from types import SimpleNamespace
+
+    from core.sweep.progress import SweepProgress
+
+    def trial(name: str) -> SimpleNamespace:
+        return SimpleNamespace(config={"cell": {"trial_id": name}}, status="RUNNING")
+
+    lowest = SweepProgress(total=2, metric="loss", mode="min")
+    highest = SweepProgress(total=2, metric="loss", mode="max")
+    for progress in (lowest, highest):
+        progress.on_trial_result(0, [], trial("a"), {"loss": 0.9})
+        progress.on_trial_result(0, [], trial("b"), {"loss": 0.3})
+    assert lowest.best == (0.3, "b") and highest.best == (0.9, "a")
+    assert "best loss 0.3000 (b)" in lowest.status_line([trial("a"), trial("b")])

@@ -308,7 +308,7 @@ def test_seeds_controls_and_intervals_reach_the_parent_report(
         for j, second in enumerate(matrix.codes):
             row = rows[f"stft3-{first}-{second}"]
             assert matrix.within_best[i, j] == (row["within_noise_of_best"] == "True")
-            assert matrix.below_control[i, j] == (row["vs_untrained_control"] == "below")
+            assert matrix.worse_than_control[i, j] == (row["vs_untrained_control"] == "below")
             assert matrix.values[i, j] == pytest.approx(float(row["mean"]), abs=1e-5)
     assert {p.name for p in folder.iterdir()} >= {"aug_matrix_stft3.png", "curves_stft3.png"}
     summary = outcome.summary

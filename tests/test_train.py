@@ -11,6 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from core.config import ExperimentConfig, preset
+from core.metrics import reported_metrics
 from core.tracking import RunIdentity
 from core.train import CallbackContext, NonFiniteLossError, run_loop
 
@@ -82,6 +83,10 @@ def test_in_process_trial_trains_evaluates_and_logs(fsdd_root, cache_dir, mlflow
     assert [int(m["epoch"]) for m in reports.metrics] == [0, 1]
     for key in ("loss", "lr", "samples_per_s", "epoch_seconds"):
         assert all(math.isfinite(m[key]) for m in reports.metrics), key
+    # An evaluation epoch reports exactly the metrics a dry run checks a space file's
+    # metric against (core.metrics; FSDD's official split has no validation clips).
+    numbers = {key for key, value in reports.metrics[-1].items() if isinstance(value, float)}
+    assert numbers == set(reported_metrics(cfg, has_validation=False))
     # Ten spoken digits: chance is 10 %; frozen features + the evaluation head beat it.
     assert final["test_top1"] > 0.2
     assert 0.0 < final["test_macro_f1"] <= 1.0

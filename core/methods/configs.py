@@ -54,6 +54,9 @@ class MethodConfig(Section):
 
     uses_labels: ClassVar[bool] = False  # the loss reads the labels of the batch
     trains: ClassVar[bool] = True  # False: the encoder is never trained (the control)
+    # The scalars the method's forward returns, each reported per epoch as its mean (the
+    # names a space file's metric may use; tests check them against the forward's output).
+    reported: ClassVar[tuple[str, ...]] = ("loss",)
 
     def check(self, experiment: ExperimentSections) -> None:
         """Cross-section checks, run when the experiment is validated. Raise ValueError
@@ -147,6 +150,7 @@ class UntrainedConfig(MethodConfig):
     stricter control."""
 
     name: Literal["untrained"] = "untrained"
+    reported: ClassVar[tuple[str, ...]] = ()
     calibrate_batch_norm: bool = False
     trains: ClassVar[bool] = False
 
@@ -156,6 +160,7 @@ class SupervisedConfig(MethodConfig):
     """Cross-entropy on the labelled clips (CLAR's and QUACLRS's supervised baseline)."""
 
     name: Literal["supervised"] = "supervised"
+    reported: ClassVar[tuple[str, ...]] = ("loss", "ce", "accuracy")
     uses_labels: ClassVar[bool] = True
 
 
@@ -164,6 +169,7 @@ class SimCLRConfig(MethodConfig):
     """SimCLR's NT-Xent (Chen et al. 2020); CLAR's self-supervised setting."""
 
     name: Literal["simclr"] = "simclr"
+    reported: ClassVar[tuple[str, ...]] = ("loss", "nt_xent", "contrastive_accuracy")
     temperature: float = Field(0.5, gt=0)
 
 
@@ -172,6 +178,9 @@ class CLARConfig(MethodConfig):
     """NT-Xent plus cross-entropy on the batch's labelled clips (CLAR Eq. 3)."""
 
     name: Literal["clar"] = "clar"
+    reported: ClassVar[tuple[str, ...]] = (
+        "loss", "nt_xent", "ce", "labelled", "contrastive_accuracy",
+    )  # fmt: skip
     temperature: float = Field(0.5, gt=0)
     ce_weight: float = Field(1.0, ge=0)  # weight of the cross-entropy term
     uses_labels: ClassVar[bool] = True
@@ -179,6 +188,7 @@ class CLARConfig(MethodConfig):
 
 class _MoCoBase(MethodConfig):
     momentum: float = Field(0.999, ge=0, le=1)  # key encoder EMA
+    reported: ClassVar[tuple[str, ...]] = ("loss", "info_nce", "contrastive_accuracy")
     queue_size: int = Field(65_536, gt=0)
 
     def check(self, experiment: ExperimentSections) -> None:
@@ -212,6 +222,7 @@ class BYOLConfig(MethodConfig):
     """BYOL (Grill et al. 2020)."""
 
     name: Literal["byol"] = "byol"
+    reported: ClassVar[tuple[str, ...]] = ("loss", "byol")
     momentum: float = Field(0.996, ge=0, le=1)  # base of the cosine schedule to 1
 
 
@@ -220,6 +231,7 @@ class BarlowTwinsConfig(MethodConfig):
     """Barlow Twins (Zbontar et al. 2021)."""
 
     name: Literal["barlow_twins"] = "barlow_twins"
+    reported: ClassVar[tuple[str, ...]] = ("loss", "barlow_twins")
     lambda_offdiag: float = Field(5e-3, ge=0)  # weight of the redundancy-reduction term
 
 
@@ -228,6 +240,7 @@ class DINOConfig(MethodConfig):
     """DINO (Caron et al. 2021) with two views."""
 
     name: Literal["dino"] = "dino"
+    reported: ClassVar[tuple[str, ...]] = ("loss", "dino")
     out_dim: int = Field(65_536, gt=0)
     teacher_temperature: float = Field(0.04, gt=0)
     student_temperature: float = Field(0.1, gt=0)
@@ -244,6 +257,7 @@ class SwAVConfig(MethodConfig):
     """SwAV (Caron et al. 2020): swapped prediction of Sinkhorn-Knopp codes."""
 
     name: Literal["swav"] = "swav"
+    reported: ClassVar[tuple[str, ...]] = ("loss", "swav")
     temperature: float = Field(0.1, gt=0)
     prototypes: int = Field(3_000, gt=0)
     epsilon: float = Field(0.05, gt=0)

@@ -19,9 +19,33 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from core.config import ExperimentConfig
-from core.dotted import get_dotted
-from core.sweep.space import SUPERVISED, UNTRAINED, Axis, SearchSpace, Trial, label_of
+from core.cells import SUPERVISED, UNTRAINED
+from core.config import ExperimentConfig, compose
+from core.dotted import get_dotted, nest
+from core.sweep.grid import Axis, GridSpace, expand_cells
+from core.sweep.trials import Trial, label_of
+
+
+def expand_trials(
+    space: GridSpace,
+    *,
+    preset: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    trial_overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    seeds: int = 1,
+    controls: bool = False,
+) -> list[Trial]:
+    """Every grid cell as a validated :class:`Trial`, in grid order, then (``controls``)
+    the controls, each replicated over ``seeds`` seeds.
+
+    ``overrides`` are dotted ``--set`` fields for every cell; ``trial_overrides`` maps a
+    cell id to dotted settings for that cell only, at every seed.
+    """
+    cells = expand_cells(space, preset, overrides, trial_overrides)
+    if controls:
+        sweep_wide = [*space.file.lower_layers(preset), nest(dict(overrides or {}))]
+        cells = add_controls(space, cells, compose(sweep_wide))
+    return replicate(cells, seeds)
 
 
 def _control_changes(
@@ -52,7 +76,7 @@ def _control_changes(
 
 
 def add_controls(
-    space: SearchSpace, cells: Sequence[Trial], lower: Mapping[str, Any]
+    space: GridSpace, cells: Sequence[Trial], lower: Mapping[str, Any]
 ) -> list[Trial]:
     """``cells`` followed by their controls; each cell names its controls.
 

@@ -1,18 +1,16 @@
-"""What ``--dry-run`` prints: one line per trial with the settings that tell trials apart
-and the split sizes its data would give, the resources, and with ``--show-config`` every
-trial's resolved config as the YAML it would log to MLflow."""
+"""What a grid's ``--dry-run`` prints: one line per trial with the settings that tell
+trials apart and the split sizes its data would give, the cost, the resources, and with
+``--show-config`` every trial's resolved config as the YAML it would log to MLflow."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
 from core.sweep.preflight import SplitSizes
+from core.sweep.request import SweepRequest
 from core.sweep.resources import ResourceError, Resources, replan
-from core.sweep.space import SearchSpace, Trial
-
-if TYPE_CHECKING:
-    from core.sweep.driver import SweepRequest
+from core.sweep.trials import Trial
 
 _COLUMNS = (
     ("#", 3, ">"),
@@ -132,9 +130,9 @@ def cost_estimate(
     return text
 
 
-def print_dry_run(
+def print_grid_dry_run(
     request: SweepRequest,
-    space: SearchSpace,
+    source: Any,
     trials: Sequence[Trial],
     resources: Resources,
     split_sizes: Mapping[str, SplitSizes],
@@ -147,7 +145,7 @@ def print_dry_run(
             print(f"# --- trial {trial.trial_id}", file=stream)
             print(trial.config.to_yaml(), file=stream)
     print(trial_table(trials, split_sizes, resources), file=stream)
-    print(f"\n{len(trials)} trials from {space.source} (preset {request.preset})", file=stream)
+    print(f"\n{len(trials)} trials from {source} (preset {request.preset})", file=stream)
     print("train/val/test: clips per split, from the dataset's listing", file=stream)
     print(cost_estimate(trials, split_sizes, resources, request.throughput), file=stream)
     try:

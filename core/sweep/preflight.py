@@ -17,7 +17,7 @@ from core.config import ConfigError, DataConfig
 from core.data import DatasetError, DatasetNotFoundError, dataset_root, extra_root, get_spec
 from core.data.base import Listing, subsample
 from core.data.splits import make_split, test_clip_mask
-from core.sweep.space import Trial
+from core.sweep.trials import Trial
 
 
 class PreflightError(ConfigError):

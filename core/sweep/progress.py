@@ -9,7 +9,7 @@ from typing import Any
 
 from ray import tune
 
-from core.sweep.trial import trial_name
+from core.sweep.results import error_summary, trial_name
 
 
 class SweepProgress(tune.Callback):
@@ -23,9 +23,10 @@ class SweepProgress(tune.Callback):
     (trials that finished before an interruption report nothing more).
     """
 
-    def __init__(self, total: int, metric: str, every_s: float = 30.0) -> None:
+    def __init__(self, total: int, metric: str, every_s: float = 30.0, mode: str = "max") -> None:
         self.total = total
         self.metric = metric
+        self.mode = mode  # "min": the lowest value is the best so far
         self.every_s = every_s
         self.best: tuple[float, str] | None = None
         self.last_print = 0.0
@@ -44,7 +45,12 @@ class SweepProgress(tune.Callback):
         self.seeded = True
 
     def _consider(self, value: Any, trial: Any) -> None:
-        if value is not None and (self.best is None or value > self.best[0]):
+        if value is None:
+            return
+        better = self.best is None or (
+            value < self.best[0] if getattr(self, "mode", "max") == "min" else value > self.best[0]
+        )
+        if better:
             self.best = (float(value), trial_name(trial))
 
     def status_line(self, trials: Sequence[Any]) -> str:
@@ -77,8 +83,6 @@ class SweepProgress(tune.Callback):
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         """One line with the cause; the traceback stays in Tune's error file (named here)
         and in the trial's MLflow run, not in the terminal (see ``quiet_trial_errors``)."""
-        from core.sweep.results import error_summary
-
         where = ""
         if trial.error_file:  # Tune's staging copy now; named where it ends up (trial.path)
             kept = f"{trial.path}/{Path(trial.error_file).name}" if trial.path else trial.error_file

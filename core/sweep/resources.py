@@ -9,8 +9,10 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from core.config import ConfigError
+from core.sweep.request import SweepRequest
 
 
 class ResourceError(ConfigError):
@@ -128,6 +130,22 @@ def plan_resources(
             fits.append(math.floor(have / need + 1e-9))
     derived = max(1, min(fits)) if fits else 1
     return replace(plan, max_concurrent_trials=max_concurrent_trials or derived)
+
+
+def resources_for(request: SweepRequest, train: Any) -> Resources:
+    """Resources per trial from the request's flags and a trial's ``train`` section (GPUs
+    default to one per worker when the preset trains on GPU)."""
+    gpus = request.gpus_per_worker
+    if gpus is None:
+        gpus = 1.0 if train.use_gpu else 0.0
+    return plan_resources(
+        workers_per_trial=train.num_workers,
+        cpus_per_worker=request.cpus_per_worker,
+        gpus_per_worker=gpus,
+        max_concurrent_trials=request.max_concurrent,
+        force_torch_trainer=request.force_torch_trainer,
+        custom_per_worker=request.worker_resources,
+    )
 
 
 def local_resources(num_cpus: int | None = None) -> dict[str, float]:

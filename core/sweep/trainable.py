@@ -1,8 +1,10 @@
-"""The Tune trial: one grid cell, run by :mod:`core.train` in one of two hosts.
+"""The Tune trainables: a grid's cell (:func:`run_trial`) or a search's sample
+(:func:`run_sample`), each run by :mod:`core.train` in one of two hosts.
 
 With one worker the loop runs in-process inside the Tune function trial (~1 s of
 overhead); with several it launches a ``TorchTrainer`` wrapped in ``TuneReportCallback``
 (Ray Train V2 cannot be passed to the Tuner directly), about 25 s to start on a laptop.
+Configs arrive as JSON (:meth:`~core.config.ExperimentConfig.to_payload`), never pickles.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from ray import tune
 
 from core.config import ExperimentConfig
 from core.memory import release_freed_memory
-from core.sweep.space import Trial
+from core.sweep.trials import Trial
 from core.tracking import RunIdentity
 
 # Environment of every trial process. Two malloc arenas bound what a long-lived, reused
@@ -42,9 +44,9 @@ def trial_environment() -> dict[str, str]:
 
 
 def cell_params(trial: Trial, identity: RunIdentity) -> dict[str, Any]:
-    """What Tune carries for one cell: its id, its validated config as a payload (Tune
+    """What Tune carries for one cell: its id, its validated config as hashed JSON (Tune
     keeps it in its experiment state, so a trial, and a resumed sweep, runs exactly what
-    the driver validated, without validating it again) and its identity."""
+    the driver validated) and its identity."""
     return {
         "trial_id": trial.trial_id,
         "experiment": trial.config.to_payload(),
@@ -53,7 +55,7 @@ def cell_params(trial: Trial, identity: RunIdentity) -> dict[str, Any]:
 
 
 def run_trial(params: dict[str, Any]) -> None:
-    """The Tune function trainable: one grid cell, trained by :mod:`core.train`.
+    """The Tune function trainable of a grid: one cell, trained by :mod:`core.train`.
 
     ``params["cell"]`` is :func:`cell_params`; ``params["execution"]`` says how to run it.
     """
@@ -140,6 +142,17 @@ def _ensure_failed_run(
         run.finish("FAILED", error=f"{type(error).__name__}: {error}")
 
 
-def trial_name(trial: Any) -> str:
-    """Tune trial names (and folders) are the stable trial ids, not a hash of the config."""
-    return str(trial.config["cell"]["trial_id"])
+def run_sample(params: dict[str, Any]) -> None:
+    """The Tune function trainable of a search: the base config with the sampled fields
+    (Optuna's define-by-run names each after its dotted field), validated here (a bad
+    sample fails its trial, not the search), then run as a cell by :func:`run_trial`."""
+    from core.sweep.search import to_config
+
+    search = params["search"]
+    trial_id = params["cell"]["trial_id"]
+    sampled = {name: to_config(name, params[name]) for name in search["params"] if name in params}
+    base = ExperimentConfig.from_payload(search["base"])
+    config = base.with_overrides(sampled, source=f"{trial_id} ({search['space_file']})")
+    identity = RunIdentity.from_dict(search["identity"]).for_trial(trial_id)
+    cell = {"trial_id": trial_id, "experiment": config.to_payload(), "identity": identity.to_dict()}
+    run_trial({"cell": cell, "execution": params["execution"]})

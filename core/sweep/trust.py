@@ -44,7 +44,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from core.sweep.space import SearchSpaceError
+from core.sweep.errors import SweepError
 
 TRUST_ENV = "CLARLAB_TRUST_RESULTS"
 STATE_DIR_ENV = "CLARLAB_STATE_DIR"
@@ -55,7 +55,7 @@ _REGISTRY_VERSION = 1
 _override = False  # set by trust_results(): the CLI's --trust-results
 
 
-class UntrustedResultsError(SearchSpaceError):
+class UntrustedResultsError(SweepError):
     """A results folder that this user's clarlab did not write (or that changed since)."""
 
 

@@ -68,6 +68,15 @@ def shown_uri(tracking_uri: str) -> str:
     return parsed._replace(netloc=netloc).geturl()
 
 
+_USERINFO_PASSWORD = re.compile(r"(://[^/@\s:]+):[^/@\s]+@")
+
+
+def mask_secrets(text: str) -> str:
+    """``text`` with the password of every URI in it masked (``http://user:***@host``):
+    a command line goes into run tags and state files."""
+    return _USERINFO_PASSWORD.sub(r"\1:***@", text)
+
+
 class TrackingServerError(ConfigError):
     """A tracking server that cannot be reached, or that refuses the request.
 
