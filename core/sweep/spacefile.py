@@ -8,7 +8,7 @@ an error, else ``max``), ``base`` (a partial config) and ``presets.<name>`` (par
 configs for one preset; a ``datasets: {<name>: ...}`` section inside one applies to that
 dataset only), and then either ``axes`` (a grid, :mod:`core.sweep.grid`; no axes is a grid
 of one trial) or ``search`` (an Optuna search, :mod:`core.sweep.search`). Every trial's config is layered in one
-order (:func:`core.layers.compose`): code defaults < preset < ``base`` <
+order (:func:`core.config.compose`): code defaults < preset < ``base`` <
 ``presets.<name>`` < the grid cell or the sample < ``--set`` < ``--cell-set``.
 """
 
@@ -21,9 +21,8 @@ from typing import Any
 
 import yaml
 
-from core.config import known_fields
+from core.config import PER_DATASET_KEY, known_fields
 from core.dotted import flatten, nest
-from core.layers import PER_DATASET_KEY
 from core.presets import PRESETS
 from core.sweep.errors import SweepError
 
