@@ -259,7 +259,7 @@ def search_tune_run(
         sampler=sampler,
         study_name=state.run_name,
         storage=optuna.storages.RDBStorage(study_url(run_dir)),
-        # The untrained control's method trains one epoch (core.train.setup).
+        # The untrained control's method trains one epoch (core.train.epoch.TrialParts.epochs).
         full_budget=train.epochs if type(search.base.method).trains else 1,
     )
     scheduler = None

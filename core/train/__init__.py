@@ -1,10 +1,10 @@
 """The training loop and its two hosts.
 
-- :mod:`~core.train.loop`: ``run_loop``, per epoch train, evaluate, decide, checkpoint and
+- :mod:`~core.train.loop`: ``set_up`` (data, front end, augmentations, model, optimizer,
+  learning-rate schedule), then ``run_loop``: per epoch train, evaluate, decide, checkpoint and
   report, as plain PyTorch over the trial's parts and one small progress object;
-- :mod:`~core.train.setup`: what a trial builds before its first step (data, front end,
-  augmentations, model, optimizer, learning-rate schedule);
-- :mod:`~core.train.epoch`: one epoch of training steps;
+- :mod:`~core.train.epoch`: what a trial trains with (``TrialParts``) and one epoch of
+  training steps;
 - :mod:`~core.train.batches`: each rank's reproducible batches;
 - :mod:`~core.train.checkpoint`: atomic, ``weights_only`` checkpoints;
 - :mod:`~core.train.faults`: fault injection for the failure tests;
@@ -17,11 +17,10 @@ from __future__ import annotations
 from core.train.batches import epoch_batches, seed_everything
 from core.train.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 from core.train.context import CallbackContext, RayTrainContext, TrialContext
-from core.train.epoch import NonFiniteLossError, train_epoch
+from core.train.epoch import NonFiniteLossError, TrialData, TrialParts, train_epoch
 from core.train.faults import FAULT_ENV, FaultHooks
 from core.train.hosts import build_torch_trainer, train, train_loop_per_worker
-from core.train.loop import EarlyStopping, Progress, run_loop
-from core.train.setup import TrialData, TrialParts, load_trial_data, set_up
+from core.train.loop import EarlyStopping, Progress, load_trial_data, run_loop, set_up
 
 __all__ = [
     "CHECKPOINT_FILE",

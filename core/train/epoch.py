@@ -1,21 +1,90 @@
 """One epoch of training: batches from the cache, two augmented views, one optimizer step
 per batch, and the epoch's mean losses and throughput.
 
-Plain PyTorch over the parts :func:`core.train.setup.set_up` built; heavy work stays on
-the device the batch lives on (augmentations and the front end are batched).
+Plain PyTorch over the :class:`TrialParts` that :func:`core.train.loop.set_up` built;
+heavy work stays on the device the batch lives on (augmentations and the front end are
+batched).
 """
 
 from __future__ import annotations
 
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from core.config import ExperimentConfig
+from core.data.cache import AudioCache
+from core.data.splits import Split
+from core.optim import LearningRateSchedule
 from core.train.batches import epoch_batches, epoch_seed
-from core.train.setup import TrialParts
+from core.train.context import TrialContext
+from core.train.faults import FaultHooks
+
+
+@dataclass
+class TrialData:
+    """The cache and the split a trial trains and evaluates on."""
+
+    cache: AudioCache
+    split: Split
+    num_classes: int
+    class_counts: np.ndarray
+
+
+def amp_settings(mode: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype or None, whether a GradScaler is needed). AMP is CUDA-only."""
+    if device.type != "cuda" or mode == "off":
+        return None, False
+    # Emulated bf16 (a V100, the paper's GPU) runs without tensor cores: fp16 with a
+    # scaler is the fast choice there, so "auto" only counts native bf16.
+    native_bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
+    if mode == "fp16" or (mode == "auto" and not native_bf16):
+        return torch.float16, True
+    return torch.bfloat16, False
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The method inside a DDP wrapper (or the method itself)."""
+    return model.module if hasattr(model, "module") else model
+
+
+@dataclass
+class TrialParts:
+    """What one trial trains with; built once by :func:`core.train.loop.set_up`, read by every epoch."""
+
+    cfg: ExperimentConfig
+    context: TrialContext
+    data: TrialData
+    frontend: nn.Module
+    signal_augment: nn.Module
+    spec_augment: nn.Module
+    model: nn.Module  # the method, wrapped for DDP when there are several workers
+    optimizer: torch.optim.Optimizer
+    schedule: LearningRateSchedule
+    scaler: torch.amp.GradScaler
+    amp_dtype: torch.dtype | None
+    steps_per_epoch: int
+    local_batch: int
+    hooks: FaultHooks
+
+    @property
+    def method(self) -> nn.Module:
+        return unwrap(self.model)
+
+    @property
+    def is_main(self) -> bool:
+        return self.context.rank == 0
+
+    @property
+    def epochs(self) -> int:
+        """Epochs to run: the untrained control trains nothing, and one epoch measures its
+        batch-norm statistics."""
+        return self.cfg.train.epochs if type(self.cfg.method).trains else 1
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -59,7 +128,9 @@ def train_epoch(trial: TrialParts, epoch: int) -> dict[str, float]:
         tick = time.perf_counter()
         with torch.no_grad():
             views = [
-                trial.spec_augment(trial.frontend(trial.signal_augment(waves, generator)), generator)
+                trial.spec_augment(
+                    trial.frontend(trial.signal_augment(waves, generator)), generator
+                )
                 for _ in range(2)
             ]
         augment_seconds += time.perf_counter() - tick
