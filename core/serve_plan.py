@@ -38,6 +38,7 @@ STORE_DRIVERS = {
 }
 ARTIFACT_DRIVERS = {"s3": ("boto3", "pip install boto3")}
 AUTH_PACKAGE = ("flask_wtf", "pip install 'mlflow[auth]'")
+JOBS_ENV = "MLFLOW_SERVER_ENABLE_JOB_EXECUTION"
 
 EXPOSURE = (
     "the MLflow UI and REST API (read every run, metric, parameter and artifact; create, "
@@ -207,6 +208,10 @@ def plan_mlflow(args: argparse.Namespace) -> ServerPlan:
     if args.auth:
         _plan_auth(plan, args, scheme, store)
     plan.notices += exposure_notices(host, port, args.auth, args.host == RAY_NODE_IP)
+    # MLflow 3 starts a job runner with about ten worker processes (GenAI evaluation and
+    # trace jobs, ~230 MB each) next to every server; clarlab's tracking submits no jobs.
+    # Off unless the user's environment turns it on.
+    plan.env[JOBS_ENV] = os.environ.get(JOBS_ENV, "false")
     return plan
 
 
