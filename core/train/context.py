@@ -104,9 +104,17 @@ class RayTrainContext:
         ray.train.report(metrics, checkpoint=checkpoint)
 
     def latest_checkpoint_dir(self) -> Path | None:
+        """The checkpoint to restore from, downloaded into a folder of this worker's own.
+
+        ``Checkpoint.to_directory()`` without a path gives every worker of the node one
+        shared folder, and a worker that finds the download lock free downloads again into
+        it, rewriting ``state.pt`` while another worker reads it: restoring two workers at
+        once failed with "PytorchStreamReader failed reading file" here."""
         if self._checkpoint is None:
             return None
-        return Path(self._checkpoint.to_directory())
+        if self._restored is None:
+            self._restored = tempfile.TemporaryDirectory(prefix=f"clarlab-restore-{self.rank}-")
+        return Path(self._checkpoint.to_directory(self._restored.name))
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         import ray.train.torch
