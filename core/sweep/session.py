@@ -57,8 +57,13 @@ def allow_sparse_metrics() -> None:
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """``ray.init`` with the trial environment (``core.sweep.trainable.TRIAL_ENV``): a running cluster at
-    ``address`` (e.g. ``"auto"``) or a local one with ``num_cpus``."""
+    """``ray.init`` with the trial environment (``core.sweep.trainable.TRIAL_ENV``): a
+    running cluster at ``address`` (e.g. ``"auto"``) or a new local one with ``num_cpus``.
+
+    Without an address, Ray's own ``ray.init()`` joins the last cluster started on this
+    machine (a notebook's, another sweep's) if one is running: a sweep asked to run
+    locally would then share, and be sized by, a cluster it did not start, and refuse
+    ``--num-cpus``. ``address="local"`` is Ray's way to start a new one regardless."""
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # never write ~/.ray/auth_token
@@ -67,7 +72,11 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         ray.init(address=address, log_to_driver=False, runtime_env=runtime_env)
     else:
         ray.init(
-            num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, runtime_env=runtime_env
+            address="local",
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            log_to_driver=False,
+            runtime_env=runtime_env,
         )
 
 

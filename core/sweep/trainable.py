@@ -29,9 +29,18 @@ from core.tracking import RunIdentity
 TRIAL_ENV = {"MALLOC_ARENA_MAX": "2", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25"}
 
 
-# Passed on to trials only when the driver has them set: the fault-injection hook of the
-# failure tests (core.train.FAULT_ENV; named here so that the driver need not import torch).
-FORWARDED_ENV = ("CLARLAB_INJECT_FAULT",)
+# Passed on to trials when the driver has them set: the fault-injection hook of the
+# failure tests (core.train.FAULT_ENV; named here so that the driver need not import torch),
+# and how MLflow calls are retried (core.tracking.HTTP_RETRY_ENV: the driver sets clarlab's
+# defaults, a user's exported values win). Trials on a cluster started elsewhere do not
+# inherit the driver's environment, so without this a trial would retry a dead server for
+# MLflow's own four and a half minutes per call, whatever the user chose.
+FORWARDED_ENV = (
+    "CLARLAB_INJECT_FAULT",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT",
+)
 
 
 def trial_environment() -> dict[str, str]:

@@ -13,6 +13,7 @@ import os
 import signal
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 FAULT_ENV = "CLARLAB_INJECT_FAULT"
 # How long a ``pause_before_report`` fault holds a worker (a test kills the driver meanwhile).
@@ -30,12 +31,16 @@ def inject_fault(kind: str, epoch: int, step: int, rank: int) -> str | None:
     -- the window in which a kill made a restarted trial log the epoch twice:
     ``kill_before_report`` SIGKILLs this worker; ``pause_before_report`` sleeps
     :data:`FAULT_PAUSE_S`, so that a test can kill the driver at that exact point.
+
+    ``CLARLAB_INJECT_FAULT=@PATH`` reads the specs from the file at PATH (one per line) at
+    every check, so a Ray cluster started once for a whole test session carries the hook
+    and each test adds the specs it needs.
     """
-    specs = os.environ.get(FAULT_ENV)
+    specs = _specs()
     if not specs:
         return None
-    for spec in specs.split(","):
-        want_kind, want_epoch, want_step, want_rank, marker = spec.strip().split(":", 4)
+    for spec in specs:
+        want_kind, want_epoch, want_step, want_rank, marker = spec.split(":", 4)
         wanted = (want_kind, int(want_epoch), int(want_step), int(want_rank))
         if wanted != (kind, epoch, step, rank):
             continue
@@ -49,6 +54,17 @@ def inject_fault(kind: str, epoch: int, step: int, rank: int) -> str | None:
             time.sleep(FAULT_PAUSE_S)
         return kind
     return None
+
+
+def _specs() -> list[str]:
+    """The armed-or-not specs: from the variable, or from the file it names with ``@``."""
+    value = os.environ.get(FAULT_ENV, "")
+    if value.startswith("@"):
+        try:
+            value = Path(value[1:]).read_text().replace("\n", ",")
+        except FileNotFoundError:
+            return []
+    return [spec.strip() for spec in value.split(",") if spec.strip()]
 
 
 @dataclass(frozen=True)
