@@ -16,9 +16,6 @@ import json
 import os
 import shutil
 import struct
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,8 +36,7 @@ from core.tracking import (
     find_trial_runs,
     tracking_client,
 )
-from tests.servers import answers as _answers
-from tests.servers import free_port as _free_port
+from tests.servers import MlflowServer
 from tests.test_sweep_e2e import _tiny
 
 pytestmark = pytest.mark.slow
@@ -104,67 +100,9 @@ def browser_binaries() -> Browser:
     return Browser(chromium=chromium, chromedriver=chromedriver)
 
 
-@dataclass(frozen=True)
-class Server:
-    """A started ``mlflow server`` (not necessarily answering yet)."""
-
-    url: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-    def wait_until_ready(self, timeout_s: float = 120) -> str:
-        """Its URL once ``/health`` answers; fails with the server's log if it dies."""
-        deadline = time.monotonic() + timeout_s
-        while not _answers(f"{self.url}/health"):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"mlflow server did not start: {self.log_path.read_text()}")
-            time.sleep(0.5)
-        return self.url
-
-
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """``mlflow server`` on loopback with its own SQLite store and artifact folder.
-
-    Returned as soon as it is launched: it takes tens of seconds to import and migrate
-    its store, which overlaps with starting Ray (see :func:`sweep`).
-    """
-    folder = tmp_path_factory.mktemp("browser-mlflow")
-    port = _free_port()
-    log_path = folder / "server.log"
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env["MLFLOW_DISABLE_TELEMETRY"] = "true"
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            [
-                sys.executable, "-m", "mlflow", "server",
-                "--host", "127.0.0.1",
-                "--port", str(port),
-                "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
-                "--artifacts-destination", str(folder / "artifacts"),
-                "--workers", "1",
-                # MLflow 3.17 answers 403 (DNS-rebinding protection) to Host headers it
-                # was not told about; the browser sends 127.0.0.1:<port>.
-                "--allowed-hosts", f"127.0.0.1:{port},localhost:{port}",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )  # fmt: skip
-        try:
-            yield Server(url=f"http://127.0.0.1:{port}", process=process, log_path=log_path)
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
 @pytest.fixture(scope="module")
 def sweep(
-    mlflow_server: Server,
+    mlflow_server: MlflowServer,
     ray_cluster: Any,
     fsdd_root: Path,
     cache_dir: Path,

@@ -1,12 +1,14 @@
 """Failures with real processes: a Train worker SIGKILLed mid-trial (in-process and in a
 2-worker ``TorchTrainer``), the sweep driver SIGKILLed mid-sweep and resumed (single- and
-multi-worker trials), a results folder on a nearly full disk, and a checkpoint writer
-killed mid-write.
+multi-worker trials), Ctrl-C and a resume with a failing cell, a results folder on a
+nearly full disk, and a checkpoint writer killed mid-write.
 
-Faults come from the ``CLARLAB_INJECT_FAULT`` hook of :mod:`core.train`: each spec fires
-once, when its marker file exists, so a test arms a fault by creating the marker. Every
-trial here is tiny (real FSDD audio, a width-4 ResNet18, one step an epoch), and every
-MLflow run is read back from the real SQLite store.
+Faults come from the ``CLARLAB_INJECT_FAULT`` hook of :mod:`core.train.faults`: each spec
+fires once, when its marker file exists. In-process sweeps run on the session's Ray
+cluster, whose trials read their specs from a file (``ray_cluster.arm`` adds one and its
+marker); a driver run as a command gets its spec in its environment. Every trial here is
+tiny (real FSDD audio, a width-4 ResNet18, one step an epoch), and every MLflow run is
+read back from the real SQLite store.
 """
 
 from __future__ import annotations
@@ -218,7 +220,7 @@ def test_the_cli_refuses_a_nearly_full_results_disk_before_ray_starts(
     assert not results.exists() or not any(results.iterdir())
 
 
-# --- the driver SIGKILLed: subprocesses with their own local Ray -------------------------
+# --- the driver SIGKILLed: a command joined to the session's Ray, as `ray submit` runs one ---
 
 
 def _cli_settings(fsdd_root: Path, cache_dir: Path, epochs: int) -> list[str]:
@@ -226,8 +228,8 @@ def _cli_settings(fsdd_root: Path, cache_dir: Path, epochs: int) -> list[str]:
 
 
 def _session_processes(session: int) -> list[int]:
-    """Live processes of a session (a driver started with ``start_new_session`` and the
-    local Ray it started), zombies left out."""
+    """Live processes of a session (a driver started with ``start_new_session`` and
+    whatever it started itself), zombies left out."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -242,9 +244,9 @@ def _session_processes(session: int) -> list[int]:
 
 
 def _kill_session(session: int) -> None:
-    """SIGKILL what is left of a driver's session: a SIGKILLed driver leaves its local
-    Ray's agents and workers behind (some in process groups of their own, so a
-    process-group kill would miss them). Only this session: another test's Ray lives on."""
+    """SIGKILL what is left of a driver's session (some processes sit in process groups
+    of their own, so a process-group kill would miss them). Only this session: the
+    cluster the driver joined lives on, and Ray ends the dead driver's trials there."""
     for _ in range(50):
         left = _session_processes(session)
         if not left:
@@ -267,13 +269,17 @@ class Driver:
         return self.log.read_text()
 
 
-def _start_driver(arguments: list[str], log: Path, fault: str | None = None) -> Driver:
+def _start_driver(
+    arguments: list[str], log: Path, address: str, fault: str | None = None
+) -> Driver:
+    """``run_aug_matrix.py ARGS --address ADDRESS`` in a session of its own: a driver on
+    a running cluster (the session's), its trials there, with ``fault`` armed for them."""
     environment = {key: value for key, value in os.environ.items() if key != FAULT_ENV}
     environment.pop("RAY_ADDRESS", None)
     environment["RAY_AUTH_MODE"] = "disabled"
     if fault:
         environment[FAULT_ENV] = fault
-    command = [sys.executable, "-m", "ablations.run_aug_matrix", *arguments]
+    command = [sys.executable, "-m", "ablations.run_aug_matrix", *arguments, "--address", address]
     with log.open("w") as stream:
         process = subprocess.Popen(
             command,
@@ -295,8 +301,8 @@ def _sigkill_driver(driver: Driver) -> None:
     _kill_session(driver.process.pid)
 
 
-def _run_driver(arguments: list[str], log: Path, timeout_s: float = 240) -> int:
-    driver = _start_driver(arguments, log)
+def _run_driver(arguments: list[str], log: Path, address: str, timeout_s: float = 240) -> int:
+    driver = _start_driver(arguments, log, address)
     try:
         return driver.process.wait(timeout=timeout_s)
     finally:
@@ -332,14 +338,17 @@ def _tune_has_checkpoint(experiment_path: Path, trial_id: str) -> bool:
     )
 
 
-def _train_has_checkpoint(trainer_dir: Path) -> bool:
-    """Whether Ray Train's checkpoint record of a ``TorchTrainer`` run (what a trainer of
-    the same name restores from) names a checkpoint."""
+def _train_checkpoint_epoch(trainer_dir: Path) -> int | None:
+    """The epoch of the latest checkpoint in Ray Train's record of a ``TorchTrainer`` run
+    (what a trainer of the same name restores from); None while it names none."""
     try:
         snapshot = json.loads((trainer_dir / "checkpoint_manager_snapshot.json").read_text())
     except (OSError, ValueError):  # not written yet, or caught mid-write: look again
-        return False
-    return bool((snapshot.get("latest_checkpoint_result") or {}).get("checkpoint_dir_name"))
+        return None
+    latest = snapshot.get("latest_checkpoint_result") or {}
+    if not latest.get("checkpoint_dir_name"):
+        return None
+    return int((latest.get("metrics") or {}).get("epoch", -1))
 
 
 def _assert_clean_sweep(run_dir: Path, trial_ids: set[str], epochs: int) -> dict[str, Any]:
@@ -372,7 +381,7 @@ def _assert_clean_sweep(run_dir: Path, trial_ids: set[str], epochs: int) -> dict
 
 
 def test_a_sigkilled_driver_resumes_without_lost_or_duplicated_trials(
-    fsdd_root: Path, cache_dir: Path, tmp_path: Path
+    ray_cluster: Any, fsdd_root: Path, cache_dir: Path, mlflow_store: Path, tmp_path: Path
 ) -> None:
     """A 4-trial sweep, one trial at a time: once the first trial finished, the second is
     held right after it logged its last epoch to MLflow and before that epoch's checkpoint
@@ -380,13 +389,15 @@ def test_a_sigkilled_driver_resumes_without_lost_or_duplicated_trials(
     the sweep: nothing lost, nothing run or logged twice, nothing left RUNNING."""
     results, marker = tmp_path / "results", tmp_path / "pause-marker"
     run_dir = results / "r"
-    common = ["--results", str(results), "--num-cpus", "2", "--progress-every", "600"]
+    common = ["--results", str(results), "--progress-every", "600"]
+    common += ["--tracking-uri", f"sqlite:///{mlflow_store / 'mlflow.db'}", "--experiment", "pytest-sigkill"]
+    address = ray_cluster.cluster.address
     first_run = [
         "--augs", "PS", "FD", "--frontends", "stft3", "--no-controls", "--max-concurrent", "1",
         "--run-name", "r", *common, *_cli_settings(fsdd_root, cache_dir, epochs=2),
     ]  # fmt: skip
     driver = _start_driver(
-        first_run, tmp_path / "first.log", fault=f"pause_before_report:1:0:0:{marker}"
+        first_run, tmp_path / "first.log", address, fault=f"pause_before_report:1:0:0:{marker}"
     )
     try:
         uri, parent_id = _wait_for(lambda: _sweep_identity(run_dir), "sweep.json")
@@ -411,7 +422,7 @@ def test_a_sigkilled_driver_resumes_without_lost_or_duplicated_trials(
         _sigkill_driver(driver)
     assert driver.process.returncode == -signal.SIGKILL
 
-    code = _run_driver(["--resume", "r", *common], tmp_path / "resume.log")
+    code = _run_driver(["--resume", "r", *common], tmp_path / "resume.log", address)
     assert code == 0, (tmp_path / "resume.log").read_text()
 
     trial_ids = {f"stft3-{a}-{b}" for a in ("PS", "FD") for b in ("PS", "FD")}
@@ -428,114 +439,175 @@ def test_a_sigkilled_driver_resumes_without_lost_or_duplicated_trials(
     assert len(result_lines) == 2  # its two epochs, reported once each
 
 
-def test_a_two_worker_trial_resumed_through_the_sweep_restores_its_checkpoint(
-    fsdd_root: Path, cache_dir: Path, tmp_path: Path
+def test_a_two_worker_trial_survives_a_dead_worker_and_then_a_dead_driver(
+    ray_cluster: Any, fsdd_root: Path, cache_dir: Path, mlflow_store: Path, tmp_path: Path
 ) -> None:
-    """A 2-worker ``TorchTrainer`` trial, its driver SIGKILLed after epoch 1 reached MLflow
-    and before its checkpoint was reported: ``--resume`` restores the trainer's epoch-0
-    checkpoint (its run name is stable per trial) and finishes in the same MLflow run."""
-    results, marker = tmp_path / "results", tmp_path / "pause-marker"
+    """A 2-worker ``TorchTrainer`` trial (gloo) hit twice. Rank 0 dies after epoch 1 reached
+    MLflow and before its checkpoint was reported: Ray Train restarts the worker group from
+    epoch 0's checkpoint (``--max-failures 1``). Then the driver is SIGKILLed after epoch 2
+    reached MLflow and before its checkpoint was reported: ``--resume`` restores the
+    trainer's epoch-1 checkpoint (its run name is stable per trial). One MLflow run
+    throughout, continued twice, each epoch logged once, the evaluation's figures beside
+    it, and Tune holds the reports the callback relayed."""
+    results, killed, paused = tmp_path / "results", tmp_path / "kill", tmp_path / "pause"
     run_dir, trial_id = results / "r", "stft3-FD-FD"
-    common = ["--results", str(results), "--num-cpus", "2", "--progress-every", "600"]
+    common = ["--results", str(results), "--progress-every", "600"]
+    common += ["--tracking-uri", f"sqlite:///{mlflow_store / 'mlflow.db'}", "--experiment", "pytest-two-workers"]
+    address = ray_cluster.cluster.address
     first_run = [
         "--augs", "FD", "--frontends", "stft3", "--no-controls", "--workers-per-trial", "2",
-        "--run-name", "r", *common, *_cli_settings(fsdd_root, cache_dir, epochs=2),
+        "--max-failures", "1", "--run-name", "r", *common,
+        *_cli_settings(fsdd_root, cache_dir, epochs=3),
     ]  # fmt: skip
-    marker.touch()
-    driver = _start_driver(
-        first_run, tmp_path / "first.log", fault=f"pause_before_report:1:0:0:{marker}"
-    )
+    killed.touch()
+    paused.touch()
+    faults = f"kill_before_report:1:0:0:{killed},pause_before_report:2:0:0:{paused}"
+    driver = _start_driver(first_run, tmp_path / "first.log", address, fault=faults)
     trainer_dir = run_dir / "train" / f"r-{trial_id}"
     try:
         uri, parent_id = _wait_for(lambda: _sweep_identity(run_dir), "sweep.json")
-        _wait_for(lambda: not marker.exists(), "rank 0 to reach the fault", timeout_s=300)
+        _wait_for(lambda: not paused.exists(), "rank 0 to reach the pause", timeout_s=300)
+        assert not killed.exists(), "the worker was never killed"
         _wait_for(
-            lambda: _train_has_checkpoint(trainer_dir), "Ray Train to record the epoch-0 checkpoint"
+            lambda: _train_checkpoint_epoch(trainer_dir) == 1,
+            "Ray Train to record the epoch-1 checkpoint",
         )
         assert driver.process.poll() is None, driver.output()
         (held,) = find_trial_runs(uri, parent_id)
         assert held.info.status == "RUNNING"
-        assert _steps(tracking_client(uri), held.info.run_id) == [0, 1]
+        assert _steps(tracking_client(uri), held.info.run_id) == [0, 1, 2]
     finally:
         _sigkill_driver(driver)
 
-    code = _run_driver(["--resume", "r", *common], tmp_path / "resume.log", timeout_s=300)
+    code = _run_driver(["--resume", "r", *common], tmp_path / "resume.log", address, timeout_s=300)
     assert code == 0, (tmp_path / "resume.log").read_text()
-    by_trial = _assert_clean_sweep(run_dir, {trial_id}, epochs=2)
+    by_trial = _assert_clean_sweep(run_dir, {trial_id}, epochs=3)
     run = by_trial[trial_id]
     assert run.info.run_id == held.info.run_id  # the checkpoint's run, continued
     assert run.data.params["train.num_workers"] == "2"
-    assert run.data.tags[TAG_RESUME_COUNT] == "1"
+    assert run.data.tags[TAG_RESUME_COUNT] == "2"  # the group's restart, then the resume
+    client = tracking_client(uri)
+    assert {"loss", "test_top1", "test_macro_f1"} <= set(run.data.metrics)
+    assert "config.yaml" in {item.path for item in client.list_artifacts(run.info.run_id)}
+    evaluation = {item.path for item in client.list_artifacts(run.info.run_id, "evaluation")}
+    assert any(path.endswith(".png") for path in evaluation)
+    assert any(path.endswith(".csv") for path in evaluation)
 
 
-# --- a Train worker SIGKILLed: in-process sweeps on a Ray that carries the hook ----------
-
-
-@dataclass
-class Faults:
-    """Markers of the faults armed per test: rank 0 SIGKILLs itself at the end of an epoch,
-    after the epoch is in MLflow and before its checkpoint is reported."""
-
-    after_a_checkpoint: Path  # at the end of epoch 1 (epoch 0's checkpoint exists)
-    before_any_checkpoint: Path  # at the end of epoch 0
-
-
-@pytest.fixture(scope="module")
-def faulty_ray(tmp_path_factory: pytest.TempPathFactory):
-    """A local Ray (2 CPUs) whose trial processes carry the fault hook (it reaches them
-    through the job's runtime environment, core.sweep.trial.trial_environment)."""
-    import ray
-
-    from core.sweep import init_ray
-
-    folder = tmp_path_factory.mktemp("faults")
-    faults = Faults(folder / "kill-end-of-epoch-1", folder / "kill-end-of-epoch-0")
-    spec = (
-        f"kill_before_report:1:0:0:{faults.after_a_checkpoint},"
-        f"kill_before_report:0:0:0:{faults.before_any_checkpoint}"
-    )
-    previous = os.environ.get(FAULT_ENV)
-    os.environ[FAULT_ENV] = spec
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+def test_ctrl_c_then_resume_prints_one_line_per_failed_cell(
+    ray_cluster: Any, fsdd_root: Path, cache_dir: Path, mlflow_store: Path, tmp_path: Path
+) -> None:
+    """Ctrl-C (SIGINT) to a driver once two of its four cells finished: Tune saves its
+    state, the driver writes the partial report, says how to continue and exits 130,
+    without a traceback. The resume (``--retry-failed``) runs what is left, and the last
+    cell cannot run (weights that do not fit its encoder, found only in the trial): its
+    failure is one line with the cause and where its traceback is kept, not Tune's
+    traceback nor its blocks; the progress line's best so far still counts the cells
+    finished before the interrupt; exit 3. Nothing ran or was logged twice."""
+    results = tmp_path / "results"
+    run_dir = results / "r1"
+    misfit = tmp_path / "misfit.pt"
+    torch.save({"not_a_resnet.weight": torch.zeros(3)}, misfit)
+    address = ray_cluster.cluster.address
+    common = ["--results", str(results), "--progress-every", "600"]
+    common += ["--tracking-uri", f"sqlite:///{mlflow_store / 'mlflow.db'}", "--experiment", "pytest-ctrl-c"]
+    first_run = [
+        "--augs", "PS", "FD", "--frontends", "stft3", "--no-controls", "--max-concurrent", "1",
+        "--run-name", "r1", "--cell-set", f"stft3-FD-FD:model.pretrained={misfit}", *common,
+        *_cli_settings(fsdd_root, cache_dir, epochs=1),
+    ]  # fmt: skip
+    driver = _start_driver(first_run, tmp_path / "first.log", address)
     try:
-        init_ray(num_cpus=2)
+        uri, parent_id = _wait_for(lambda: _sweep_identity(run_dir), "sweep.json")
+
+        def two_finished() -> bool:
+            runs = find_trial_runs(uri, parent_id)
+            return sum(run.info.status == "FINISHED" for run in runs) >= 2
+
+        _wait_for(two_finished, "two cells to finish")
+        driver.process.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        code = driver.process.wait(timeout=120)
     finally:
-        if previous is None:
-            os.environ.pop(FAULT_ENV)
-        else:
-            os.environ[FAULT_ENV] = previous
-    try:
-        yield faults
-    finally:
-        ray.shutdown()
+        if driver.process.poll() is None:
+            driver.process.kill()
+            driver.process.wait()
+        _kill_session(driver.process.pid)
+    shown = driver.output()
+    assert code == 130, shown
+    assert "continue it with --resume r1" in shown, shown
+    assert "Traceback" not in shown and 'File "' not in shown, shown
+    # The two cells seen finished before Ctrl-C. (The one running then is stopped at its
+    # next report; where Tune had not recorded its end, the resume runs it again.)
+    before = {
+        run.data.tags[TAG_TRIAL_ID]: run
+        for run in find_trial_runs(uri, parent_id)
+        if run.data.tags[TAG_TRIAL_ID] in ("stft3-PS-PS", "stft3-PS-FD")
+    }
+    assert {run.info.status for run in before.values()} == {"FINISHED"}
+    best_before = max(float(run.data.metrics["test_top1"]) for run in before.values())
+
+    code = _run_driver(["--resume", "r1", "--retry-failed", *common], tmp_path / "resume.log", address)
+    shown = (tmp_path / "resume.log").read_text()
+    assert code == 3, shown  # some cells failed
+    assert "Traceback" not in shown and 'File "' not in shown, shown
+    assert "errored after" not in shown and "Configuration for experiment" not in shown
+    error_file = run_dir / "tune" / "stft3-FD-FD" / "error.txt"
+    (failed_line,) = [line for line in shown.splitlines() if "FAILED   stft3-FD-FD" in line]
+    assert "does not fit encoder" in failed_line and f"(traceback: {error_file})" in failed_line
+    kept = error_file.read_text()  # Ray's form of a traceback: the frames, then the error
+    assert 'File "' in kept and "in run_trial" in kept and "does not fit encoder" in kept
+    best = [float(value) for value in re.findall(r"best test_top1 ([0-9.]+) \(", shown)]
+    assert best and all(value >= best_before - 1e-4 for value in best), shown  # 4 digits shown
+
+    runs = find_trial_runs(uri, parent_id)
+    ids = [run.data.tags[TAG_TRIAL_ID] for run in runs]
+    assert sorted(ids) == sorted(set(ids)) and len(ids) == 4  # one run per cell
+    failed = next(run for run in runs if run.data.tags[TAG_TRIAL_ID] == "stft3-FD-FD")
+    assert failed.info.status == "FAILED"
+    assert "does not fit encoder" in failed.data.tags["clarlab.error"]
+    for trial_id, run in before.items():  # cells finished before the interrupt: not rerun
+        after = next(r for r in runs if r.info.run_id == run.info.run_id)
+        assert after.info.end_time == run.info.end_time, trial_id
+        lines = (run_dir / "tune" / trial_id / "result.json").read_text().splitlines()
+        assert len(lines) == 1, trial_id  # its one epoch, reported once
+    matrix = (run_dir / "report" / "aug_matrix_stft3.csv").read_text().splitlines()
+    assert matrix[2].split(",")[2] == "failed"  # row FD (first), column FD (second)
 
 
-def _one_cell(fsdd_root: Path, cache_dir: Path, results: Path, **fields: Any) -> SweepRequest:
+# --- a Train worker SIGKILLed: in-process sweeps on the session's Ray, which carries the hook
+
+
+def _one_cell(
+    fsdd_root: Path, cache_dir: Path, store: Path, results: Path, **fields: Any
+) -> SweepRequest:
+    """One tiny cell on the session's Ray, logged to the session's MLflow store."""
     epochs = fields.pop("epochs")
     return SweepRequest(
+        tracking_uri=f"sqlite:///{store / 'mlflow.db'}",
         preset="quick",
         overrides=_tiny(fsdd_root, cache_dir, epochs),
         axis_values={"augment.pipeline": ["FD"], "frontend.name": ["stft3"]},
         controls=False,
-        max_failures=1,
         results_dir=results,
         progress_every_s=600,
-        **fields,
+        **{"max_failures": 1, **fields},
     )
 
 
 def test_a_killed_in_process_trial_resumes_without_logging_an_epoch_twice(
-    faulty_ray: Faults, fsdd_root: Path, cache_dir: Path, tmp_path: Path
+    ray_cluster: Any, fsdd_root: Path, cache_dir: Path, mlflow_store: Path, tmp_path: Path
 ) -> None:
     """The trial's process dies after epoch 1 reached MLflow, before its checkpoint was
     reported; Tune restarts it from epoch 0's checkpoint (max_failures=1). It finishes in
     its one MLflow run, whose loss steps are 0, 1, 2 -- epoch 1 trained twice, logged
     once, and what MLflow holds for it is what the finished attempt reported."""
-    faulty_ray.after_a_checkpoint.touch()
-    outcome = run_sweep(_one_cell(fsdd_root, cache_dir, tmp_path / "results", epochs=3))
+    fault = ray_cluster.arm("kill_before_report", 1, 0, 0)
+    outcome = run_sweep(
+        _one_cell(fsdd_root, cache_dir, mlflow_store, tmp_path / "results", epochs=3)
+    )
     (record,) = outcome.records
     assert record.status == "FINISHED", record.error
-    assert not faulty_ray.after_a_checkpoint.exists(), "the fault never fired"
+    assert not fault.exists(), "the fault never fired"
 
     client = tracking_client(outcome.tracking_uri)
     (run,) = find_trial_runs(outcome.tracking_uri, outcome.parent_run_id)
@@ -549,17 +621,19 @@ def test_a_killed_in_process_trial_resumes_without_logging_an_epoch_twice(
 
 
 def test_a_trial_killed_before_its_first_checkpoint_starts_a_new_run(
-    faulty_ray: Faults, fsdd_root: Path, cache_dir: Path, tmp_path: Path
+    ray_cluster: Any, fsdd_root: Path, cache_dir: Path, mlflow_store: Path, tmp_path: Path
 ) -> None:
     """Killed after epoch 0 reached MLflow and before any checkpoint, the trial starts over
     from scratch: that attempt gets a new run (loss steps 0, 1), the old one (step 0 of the
     killed attempt) ends KILLED, points to its successor and leaves the active runs, so the
     sweep still shows one run per trial."""
-    faulty_ray.before_any_checkpoint.touch()
-    outcome = run_sweep(_one_cell(fsdd_root, cache_dir, tmp_path / "results", epochs=2))
+    fault = ray_cluster.arm("kill_before_report", 0, 0, 0)
+    outcome = run_sweep(
+        _one_cell(fsdd_root, cache_dir, mlflow_store, tmp_path / "results", epochs=2)
+    )
     (record,) = outcome.records
     assert record.status == "FINISHED", record.error
-    assert not faulty_ray.before_any_checkpoint.exists(), "the fault never fired"
+    assert not fault.exists(), "the fault never fired"
 
     client = tracking_client(outcome.tracking_uri)
     (run,) = find_trial_runs(outcome.tracking_uri, outcome.parent_run_id)
@@ -574,26 +648,3 @@ def test_a_trial_killed_before_its_first_checkpoint_starts_a_new_run(
     assert run.data.params == old.data.params
     artifacts = {item.path for item in client.list_artifacts(run.info.run_id)}
     assert "config.yaml" in artifacts
-
-
-def test_a_killed_worker_of_a_two_worker_trial_resumes_from_its_checkpoint(
-    faulty_ray: Faults, fsdd_root: Path, cache_dir: Path, tmp_path: Path
-) -> None:
-    """Rank 0 of a 2-worker ``TorchTrainer`` trial dies after epoch 1 reached MLflow, before
-    its checkpoint was reported; Ray Train restarts the worker group from epoch 0's
-    checkpoint. One MLflow run, continued, with each epoch logged once."""
-    faulty_ray.after_a_checkpoint.touch()
-    outcome = run_sweep(
-        _one_cell(fsdd_root, cache_dir, tmp_path / "results", epochs=3, workers_per_trial=2)
-    )
-    assert outcome.resources.use_torch_trainer
-    (record,) = outcome.records
-    assert record.status == "FINISHED", record.error
-    assert not faulty_ray.after_a_checkpoint.exists(), "the fault never fired"
-
-    client = tracking_client(outcome.tracking_uri)
-    (run,) = find_trial_runs(outcome.tracking_uri, outcome.parent_run_id)
-    assert run.info.status == "FINISHED"
-    assert run.data.params["train.num_workers"] == "2"
-    assert run.data.tags[TAG_RESUME_COUNT] == "1"
-    assert _steps(client, run.info.run_id) == [0, 1, 2]

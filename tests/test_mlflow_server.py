@@ -16,7 +16,6 @@ import contextlib
 import importlib.util
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,15 +28,9 @@ import requests
 
 from core.serve import START_TIMEOUT_S, answers, build_parser, prepare
 from core.serve_plan import masked_uri, plan_mlflow
+from tests.servers import free_port
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def launcher(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

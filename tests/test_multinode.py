@@ -1,4 +1,5 @@
-"""Tracking from every node: a real two-node local Ray cluster, a real MLflow server.
+"""Tracking from every node, and DDP across nodes: a real two-node local Ray cluster, a
+real MLflow server.
 
 A user on the head passes ``--tracking-uri http://localhost:5000``. Trials run on other
 nodes, where ``localhost`` is the node itself. Here the server listens on this machine's
@@ -10,18 +11,15 @@ arrive in the driver's store.
 from __future__ import annotations
 
 import io
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from core.sweep import SweepRequest, run_sweep
-from core.tracking import find_trial_runs, tracking_client
+from core.tracking import RunIdentity, find_trial_runs, tracking_client
+from core.train import CallbackContext, run_loop
+from tests.servers import MlflowServer
 from tests.servers import answers as _answers
-from tests.servers import free_port as _free_port
 from tests.test_sweep_e2e import _tiny
 
 pytestmark = pytest.mark.slow
@@ -40,70 +38,36 @@ def node_ip() -> str:
 
 
 @pytest.fixture(scope="module")
-def mlflow_server(node_ip: str, tmp_path_factory: pytest.TempPathFactory):
-    """``mlflow server`` bound to the node address only (not loopback, not 0.0.0.0)."""
-    folder = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
-    log = (folder / "server.log").open("w")
-    server = subprocess.Popen(
-        [
-            sys.executable, "-m", "mlflow", "server",
-            "--host", node_ip,
-            "--port", str(port),
-            "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
-            "--serve-artifacts",
-            "--artifacts-destination", str(folder / "artifacts"),
-            "--workers", "1",
-            # MLflow refuses Host headers it does not expect (DNS-rebinding protection).
-            "--allowed-hosts", f"{node_ip}:{port},{node_ip}",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
-    )  # fmt: skip
-    deadline = time.monotonic() + 120
-    while not _answers(f"http://{node_ip}:{port}/health"):
-        if server.poll() is not None or time.monotonic() > deadline:
-            server.kill()
-            pytest.fail(f"mlflow server did not start: {(folder / 'server.log').read_text()}")
-        time.sleep(0.5)
+def node_server(node_ip: str, tmp_path_factory: pytest.TempPathFactory):
+    """clarlab's MLflow server bound to the node address only (not loopback, not 0.0.0.0),
+    as cluster.yaml starts the head's."""
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"), host=node_ip).launch()
     try:
-        yield port
+        yield server
     finally:
-        server.terminate()
-        server.wait(timeout=30)
-        log.close()
+        server.kill()
 
 
 @pytest.fixture(scope="module")
-def two_nodes():
-    """A head with 1 CPU and a second node with 2 CPUs and the ``second_node`` resource;
-    each node has one ``slot``."""
-    import ray
-    from ray.cluster_utils import Cluster
-
-    if ray.is_initialized():
-        ray.shutdown()
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    # One "slot" per node: a trial whose workers each need a slot has one worker per node.
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 1, "include_dashboard": False, "resources": {"slot": 1}},
-    )
+def two_nodes(ray_cluster, node_server):
+    """The session's head (2 CPUs, one ``slot``) and, for this module, a second node with
+    2 CPUs, one ``slot`` and the ``second_node`` resource: a trial whose workers each need
+    a slot has one worker per node."""
+    cluster = ray_cluster.cluster
     second = cluster.add_node(num_cpus=2, resources={"second_node": 2, "slot": 1})
     cluster.wait_for_nodes()
+    node_server.wait_until_ready()  # its start overlapped the node's
     try:
         yield cluster, second.node_id
     finally:
-        ray.shutdown()
-        cluster.shutdown()
+        cluster.remove_node(second)
 
 
 def test_a_trial_on_another_node_logs_to_the_drivers_server(
-    two_nodes, mlflow_server, node_ip, fsdd_root: Path, cache_dir: Path, tmp_path: Path
+    two_nodes, node_server, node_ip, fsdd_root: Path, cache_dir: Path, tmp_path: Path
 ) -> None:
     cluster, second_node_id = two_nodes
-    port = mlflow_server
+    port = node_server.port
     assert not _answers(f"http://localhost:{port}/health"), "the server must not be on loopback"
     said = io.StringIO()
     outcome = run_sweep(
@@ -134,18 +98,26 @@ def test_a_trial_on_another_node_logs_to_the_drivers_server(
     assert parent.info.status == "FINISHED"
 
 
-def test_a_two_worker_trial_spans_both_nodes_and_logs_over_http(
-    two_nodes, mlflow_server, node_ip, fsdd_root: Path, cache_dir: Path, tmp_path: Path
+def test_a_two_worker_trial_spans_both_nodes_logs_over_http_and_gathers_the_batch(
+    two_nodes, node_server, node_ip, fsdd_root: Path, cache_dir: Path, tmp_path: Path
 ) -> None:
     """A TorchTrainer trial with one worker on each node (gloo across the two raylets):
     rank 0 logs the one run to the driver's server over HTTP, and the run names both
-    nodes."""
+    nodes. Without augmentation (not even the random view base that identical views
+    would get, whose draws differ per rank) and for one step, both workers together see
+    the one process's batch split in two: with negatives gathered across workers and
+    batch norm synchronised, the first step's loss is the single process's."""
     cluster, second_node_id = two_nodes
-    port = mlflow_server
+    port = node_server.port
     outcome = run_sweep(
         SweepRequest(
             preset="quick",
-            overrides={**_tiny(fsdd_root, cache_dir), "train.batch_size": 8},
+            overrides={
+                **_tiny(fsdd_root, cache_dir),
+                "train.batch_size": 8,
+                "augment.probability": 0.0,
+                "augment.view_base": [],
+            },
             axis_values={"augment.pipeline": ["TM"], "frontend.name": ["stft3"]},
             address=cluster.address,
             workers_per_trial=2,
@@ -166,3 +138,9 @@ def test_a_two_worker_trial_spans_both_nodes_and_logs_over_http(
     assert nodes == {head_node_id, second_node_id}, "one worker on each node"
     history = tracking_client(outcome.tracking_uri).get_metric_history(child.info.run_id, "loss")
     assert [point.step for point in history] == [0]
+
+    one = outcome.trials[0].config.with_overrides({"train.num_workers": 1})
+    reports: list[dict[str, float]] = []
+    alone = RunIdentity(tracking_uri=f"sqlite:///{tmp_path / 'one.db'}", experiment="one")
+    run_loop(one, CallbackContext(lambda metrics, _: reports.append(metrics)), alone)
+    assert child.data.metrics["nt_xent"] == pytest.approx(reports[0]["nt_xent"], rel=1e-4)

@@ -294,13 +294,17 @@ def test_resume_and_report_only_check_trust_before_loading_anything(
 
 
 def test_a_searchs_state_refuses_a_foreign_folder_like_a_grids(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A search resumes into its Optuna study and Tune's pickled state: the same state
     file, token and registry entry guard it, through the command line, before Ray."""
-    import ray
-
     from ablations import run_search
+    from core.sweep import runner
+
+    def never(*args: object) -> None:
+        raise AssertionError("Ray was started for a folder that should have been refused")
+
+    monkeypatch.setattr(runner, "start_ray", never)
 
     results = tmp_path / "results"
     original = results / "search-a"
@@ -313,7 +317,6 @@ def test_a_searchs_state_refuses_a_foreign_folder_like_a_grids(
         assert code == run_search.EXIT_BAD_INPUT
         err = capsys.readouterr().err
         assert "refusing to resume or report on" in err and "has no entry" in err
-    assert not ray.is_initialized()
     # Nor does a grid's script take a search's folder for a grid's.
     from ablations import run_aug_matrix
 

@@ -1,7 +1,7 @@
 """The Optuna search and ASHA: the space and its dry run without Ray; the scheduler's
 decisions on Ray's own ASHA; then, on a real local Ray cluster, a real SQLite MLflow
-store and real FSDD audio, a search of 4 samples under ASHA resumed with 2 more into the
-same study, and the augmentation matrix under ASHA."""
+store and real FSDD audio, a search of 3 samples under ASHA resumed with 1 more into the
+same study. (A grid under ASHA: tests/test_sweep_e2e.py.)"""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import optuna
 import pytest
 from ray.tune.schedulers import TrialScheduler
 
-from ablations import run_aug_matrix, run_search
+from ablations import run_search
 from core.sweep.errors import SearchError
 from core.sweep.halving import describe_halving, halving_rungs, halving_scheduler
 from core.sweep.search import load_search, to_config
@@ -49,16 +49,19 @@ def _tiny(fsdd_root: Path, cache_dir: Path) -> list[str]:
 
 # --- no Ray --------------------------------------------------------------------------------
 def test_dry_run_prints_the_space_without_starting_ray(
-    fsdd_root: Path, capsys: pytest.CaptureFixture[str]
+    fsdd_root: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import ray
+    from core.sweep import runner
 
+    def never(*args: object) -> None:
+        raise AssertionError("a dry run started Ray")
+
+    monkeypatch.setattr(runner, "start_ray", never)
     code = run_search.main(
         ["--dry-run", "--method", "moco", "--samples", "3", "--set", f"data.root={fsdd_root}"]
     )
     shown = capsys.readouterr().out
     assert code == run_search.EXIT_OK, shown
-    assert not ray.is_initialized()
     assert "3 samples of moco by Optuna TPE" in shown
     for line in (
         "optim.lr            log-uniform in [0.0001, 0.01]",
@@ -159,7 +162,7 @@ def test_search_with_asha_then_resume_into_the_same_study(
     uri = f"sqlite:///{mlflow_store / 'mlflow.db'}"
     shared = ["--results", str(results), "--tracking-uri", uri, "--progress-every", "600"]
     code = run_search.main(
-        ["--samples", "4", "--run-name", "s1", "--experiment", "pytest-search"]
+        ["--samples", "3", "--run-name", "s1", "--experiment", "pytest-search"]
         + shared
         + _tiny(fsdd_root, cache_dir)
     )
@@ -168,7 +171,7 @@ def test_search_with_asha_then_resume_into_the_same_study(
     assert "ASHA on test_top1 (max): at epochs 1 of 2" in shown
     run_dir = results / "s1"
     study = _study(run_dir)
-    assert len(study.trials) == 4
+    assert len(study.trials) == 3
     states = [trial.state for trial in study.trials]
     assert set(states) <= {optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED}
     # The first sample to reach epoch 1 has nothing to be compared with: one always finishes.
@@ -188,26 +191,26 @@ def test_search_with_asha_then_resume_into_the_same_study(
     parent_id = state.parent_run_id
     children = find_trial_runs(uri, parent_id)
     by_id = {run.data.tags["clarlab.trial_id"]: run for run in children}
-    assert set(by_id) == {f"sample-00{n}" for n in range(4)}
+    assert set(by_id) == {f"sample-00{n}" for n in range(3)}
     for trial in study.trials:  # each child trained the config its study trial sampled
         params = by_id[f"sample-{trial.number:03d}"].data.params
         assert float(params["optim.lr"]) == pytest.approx(trial.params["optim.lr"])
         pipeline = trial.params["augment.pipeline"].split("+")
         assert json.loads(params["augment.pipeline"]) == pipeline
 
-    # --resume samples 2 more into the same study and parent run (here without ASHA, so
-    # both run their whole budget and the importances have completed trials to compare).
-    code = run_search.main(["--resume", "s1", "--samples", "2", "--scheduler", "fifo"] + shared)
+    # --resume samples 1 more into the same study and parent run (here without ASHA, so it
+    # runs its whole budget and the importances have two completed trials to compare).
+    code = run_search.main(["--resume", "s1", "--samples", "1", "--scheduler", "fifo"] + shared)
     shown = capsys.readouterr().out
     assert code == run_search.EXIT_OK, shown
     study = _study(run_dir)
-    assert [trial.number for trial in study.trials] == list(range(6))
-    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials[4:])
+    assert [trial.number for trial in study.trials] == list(range(4))
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials[3:])
     assert SweepState.load(run_dir).parent_run_id == parent_id
     assert (run_dir / "tune-2").is_dir()
     children = find_trial_runs(uri, parent_id)
     assert sorted(run.data.tags["clarlab.trial_id"] for run in children) == [
-        f"sample-00{n}" for n in range(6)
+        f"sample-00{n}" for n in range(4)
     ]
 
     client = tracking_client(uri)
@@ -227,40 +230,8 @@ def test_search_with_asha_then_resume_into_the_same_study(
     local = Path(client.download_artifacts(parent_id, "search", str(tmp_path / "dl")))
     with (local / "trials.csv").open() as handle:
         rows = list(csv.DictReader(handle))
-    assert [row["trial"] for row in rows] == [f"sample-00{n}" for n in range(6)]
+    assert [row["trial"] for row in rows] == [f"sample-00{n}" for n in range(4)]
     assert f"best test_top1: {best.value:.4f} (sample-{best.number:03d}" in shown
-
-
-@pytest.mark.slow
-def test_aug_matrix_under_asha_completes_with_the_controls_at_full_budget(
-    ray_cluster,
-    fsdd_root: Path,
-    cache_dir: Path,
-    mlflow_store: Path,
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    results = tmp_path / "results"
-    code = run_aug_matrix.main(
-        ["--augs", "FD", "TM", "--frontends", "stft3", "--scheduler", "asha"]
-        + ["--results", str(results), "--run-name", "m1", "--progress-every", "600"]
-        + ["--tracking-uri", f"sqlite:///{mlflow_store / 'mlflow.db'}"]
-        + ["--experiment", "pytest-search-asha-matrix"]
-        + _tiny(fsdd_root, cache_dir)
-    )
-    shown = capsys.readouterr().out
-    assert code == run_aug_matrix.EXIT_OK, shown
-    assert "ASHA on test_top1 (max): at epochs 1 of 2" in shown
-    epochs = {}
-    for folder in (results / "m1" / "tune").iterdir():
-        if (folder / "result.json").is_file():
-            lines = (folder / "result.json").read_text().splitlines()
-            epochs[folder.name] = len(lines)
-    cells = {f"stft3-{a}-{b}" for a in ("FD", "TM") for b in ("FD", "TM")}
-    assert set(epochs) == cells | {"stft3-untrained", "stft3-supervised"}
-    assert epochs["stft3-supervised"] == 2 and epochs["stft3-untrained"] == 1
-    assert all(epochs[cell] in (1, 2) for cell in cells)
-    assert max(epochs[cell] for cell in cells) == 2  # the first at epoch 1 always goes on
 
 
 def test_halving_on_a_loss_stops_the_highest() -> None:

@@ -1,23 +1,19 @@
-"""End to end on a real local Ray cluster, a real SQLite MLflow store and real FSDD audio:
-a 2x2 sub-matrix x 2 front ends; then an interrupted sweep (SIGINT to the driver) with one
-failing cell, resumed."""
+"""End to end on the session's Ray cluster, a real SQLite MLflow store and real FSDD
+audio: a 2x2 sub-matrix x 2 front ends, and seeds with controls and intervals. (An
+interrupted sweep with a failing cell, resumed, runs as a command in
+``tests/test_faults_process.py``.)"""
 
 from __future__ import annotations
 
 import csv
-import json
 import os
-import signal
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-import torch
 
 from core.report import read_matrix_csv
 from core.sweep import TRIAL_ENV, SweepRequest, run_sweep
@@ -130,91 +126,6 @@ def test_cli_runs_as_a_file_and_as_a_module() -> None:
             assert flag in shown.stdout
 
 
-def _interrupt_after(results: Path, finished: int, timeout_s: float = 240) -> threading.Thread:
-    """SIGINT this process (the sweep's driver) once ``finished`` child runs are FINISHED;
-    Tune then saves its state and returns, as on Ctrl-C."""
-
-    def watch() -> None:
-        deadline = time.monotonic() + timeout_s
-        state_file = results / "r1" / "sweep.json"
-        while time.monotonic() < deadline:
-            if state_file.is_file():
-                identity = json.loads(state_file.read_text())["identity"]
-                runs = find_trial_runs(identity["tracking_uri"], identity["parent_run_id"])
-                if sum(run.info.status == "FINISHED" for run in runs) >= finished:
-                    os.kill(os.getpid(), signal.SIGINT)
-                    return
-            time.sleep(0.2)
-
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    return watcher
-
-
-def test_interrupt_resume_and_failed_cell(
-    ray_cluster,
-    fsdd_root: Path,
-    cache_dir: Path,
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    results = tmp_path / "results"
-    # A cell whose config validates and whose data is fine, but which cannot run: weights
-    # that do not fit its encoder (found only when the encoder is built, in the trial).
-    misfit = tmp_path / "misfit.pt"
-    torch.save({"not_a_resnet.weight": torch.zeros(3)}, misfit)
-    request = SweepRequest(
-        preset="quick",
-        overrides=_tiny(fsdd_root, cache_dir),
-        axis_values={"augment.pipeline": ["PS", "FD"], "frontend.name": ["stft3"]},
-        trial_overrides={"stft3-FD-PS": {"model.pretrained": str(misfit)}},
-        controls=False,
-        max_concurrent=1,
-        results_dir=results,
-        run_name="r1",
-    )
-    watcher = _interrupt_after(results, finished=2)
-    interrupted = run_sweep(request)
-    watcher.join(timeout=5)
-    assert not interrupted.complete
-    assert "continue it with --resume r1" in capsys.readouterr().out
-    uri, parent_id = interrupted.tracking_uri, interrupted.parent_run_id
-    before = {
-        run.data.tags["clarlab.trial_id"]: run
-        for run in find_trial_runs(uri, parent_id)
-        if run.info.status == "FINISHED"
-    }
-    assert set(before) == {"stft3-PS-PS", "stft3-PS-FD"}  # row-major order, one at a time
-    assert tracking_client(uri).get_run(parent_id).info.status == "KILLED"
-
-    resumed = run_sweep(SweepRequest(resume="r1", results_dir=results))
-    assert resumed.complete and resumed.failed == ["stft3-FD-PS"]
-    assert "4 trials: 1 failed, 3 finished" in capsys.readouterr().out
-
-    runs = find_trial_runs(uri, parent_id)
-    ids = [run.data.tags["clarlab.trial_id"] for run in runs]
-    assert len(ids) == len(set(ids)) == 4  # no duplicate MLflow runs
-    status = {run.data.tags["clarlab.trial_id"]: run.info.status for run in runs}
-    assert status == {
-        "stft3-PS-PS": "FINISHED",
-        "stft3-PS-FD": "FINISHED",
-        "stft3-FD-PS": "FAILED",
-        "stft3-FD-FD": "FINISHED",
-    }
-    failed_run = next(run for run in runs if run.info.status == "FAILED")
-    assert "does not fit encoder 'resnet18'" in failed_run.data.tags["clarlab.error"]
-    for trial_id, run in before.items():  # finished trials were not run again
-        after = next(r for r in runs if r.info.run_id == run.info.run_id)
-        assert after.info.end_time == run.info.end_time, trial_id
-        result_lines = (results / "r1" / "tune" / trial_id / "result.json").read_text().splitlines()
-        assert len(result_lines) == 1, trial_id  # its one epoch, reported once
-    assert tracking_client(uri).get_run(parent_id).info.status == "FINISHED"
-    matrix_csv = (results / "r1" / "report" / "aug_matrix_stft3.csv").read_text().splitlines()
-    assert matrix_csv[2].split(",")[1] == "failed"  # row FD (first), column PS (second)
-    record = next(r for r in resumed.records if r.trial_id == "stft3-FD-PS")
-    assert "does not fit encoder" in record.error
-
-
 def test_trial_processes_get_the_trial_environment(ray_cluster) -> None:
     """Every Ray worker of the job (trial actors, and through Ray Train's propagation its
     controller) sees the capped malloc arenas and the short Ray Train health-check period."""
@@ -228,53 +139,45 @@ def test_trial_processes_get_the_trial_environment(ray_cluster) -> None:
     assert float(TRIAL_ENV["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"]) < 2.0  # Ray's default
 
 
-def test_a_two_worker_trial_runs_through_a_torch_trainer(
-    ray_cluster, fsdd_root: Path, cache_dir: Path, tmp_path: Path
-) -> None:
-    """A cell with two workers goes through Ray Train (gloo on CPU) inside its Tune trial;
-    rank 0 logs the child run, and Tune records the reports relayed by the callback."""
-    request = SweepRequest(
-        preset="quick",
-        overrides=_tiny(fsdd_root, cache_dir),
-        axis_values={"augment.pipeline": ["FD"], "frontend.name": ["stft3"]},
-        workers_per_trial=2,
-        controls=False,
-        results_dir=tmp_path / "results",
-        command_line="pytest e2e torch trainer",
-    )
-    outcome = run_sweep(request)
-    assert outcome.resources.use_torch_trainer
-    assert [r.status for r in outcome.records] == ["FINISHED"]
-    assert 0.0 <= outcome.records[0].metrics["test_top1"] <= 1.0
-    (child,) = find_trial_runs(outcome.tracking_uri, outcome.parent_run_id)
-    assert child.info.status == "FINISHED"
-    assert child.data.params["train.num_workers"] == "2"
-    assert {"loss", "test_top1", "test_macro_f1"} <= set(child.data.metrics)
-
-
 def test_seeds_controls_and_intervals_reach_the_parent_report(
-    ray_cluster, fsdd_root: Path, cache_dir: Path, tmp_path: Path
+    ray_cluster, fsdd_root: Path, cache_dir: Path, mlflow_store: Path, tmp_path: Path
 ) -> None:
-    """A 2x2 sub-matrix at 2 seeds with its controls: every cell's mean and interval in
-    the parent's CSV equal what its children logged, and the heatmap marks agree."""
+    """A 2x2 sub-matrix at 2 seeds with its controls, under ASHA (2 epochs, compared after
+    the first): the controls run their whole budget and some cells stop at the rung; every
+    cell's mean and interval in the parent's CSV equal what its children logged (a stopped
+    cell: its last evaluation), and the heatmap marks agree."""
     from core.stats import t_interval
 
     request = SweepRequest(
         preset="quick",
-        overrides=_tiny(fsdd_root, cache_dir),
+        overrides={**_tiny(fsdd_root, cache_dir), "train.epochs": 2, "train.eval_every": 1},
         axis_values={"augment.pipeline": ["FD", "TM"], "frontend.name": ["stft3"]},
         seeds=2,
+        scheduler="asha",
         results_dir=tmp_path / "results",
+        tracking_uri=f"sqlite:///{mlflow_store / 'mlflow.db'}",  # the session's: no new schema
         command_line="pytest e2e seeds",
+        progress_every_s=600,
     )
     outcome = run_sweep(request)
     assert outcome.complete and not outcome.failed
+    epochs = {record.trial_id: record.epochs for record in outcome.records}
+    for seed in (0, 1):
+        assert epochs[f"stft3-supervised-seed{seed}"] == 2  # controls: never compared
+        assert epochs[f"stft3-untrained-seed{seed}"] == 1  # the control trains one epoch
+    cells = [record for record in outcome.records if record.role == "cell"]
+    assert all(record.epochs in (1, 2) for record in cells)
+    assert max(record.epochs for record in cells) == 2  # the first at the rung goes on
+    assert all(record.stopped_early == (record.epochs == 1) for record in cells)
     roles = [trial.role for trial in outcome.trials]
     assert roles.count("cell") == 8 and roles.count("untrained") == 2
     assert roles.count("supervised") == 2
 
     children = find_trial_runs(outcome.tracking_uri, outcome.parent_run_id)
     assert len(children) == 12 and {run.info.status for run in children} == {"FINISHED"}
+    stopped = {run.data.tags["clarlab.trial_id"] for run in children
+               if run.data.tags.get("clarlab.stopped_early") == "true"}  # fmt: skip
+    assert stopped == {record.trial_id for record in cells if record.stopped_early}
     client = tracking_client(outcome.tracking_uri)
     logged: dict[str, dict[int, float]] = {}
     for run in children:
