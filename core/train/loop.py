@@ -30,7 +30,7 @@ from core.data.splits import make_split
 from core.evaluate import EvaluationResult, evaluate_method
 from core.features import build_frontend
 from core.memory import keep_freed_pages
-from core.methods import build_method
+from core.methods.base import build_method
 from core.models import build_encoder
 from core.models.norm import convert_for_distributed
 from core.optim import build_optimizer, build_schedule
