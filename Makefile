@@ -7,7 +7,10 @@ STAMP := $(VENV)/.installed
 CLARLAB_DATA ?= $(abspath ../shared/datasets)
 export CLARLAB_DATA
 export RAY_AUTH_MODE ?= disabled
-PYTEST_ARGS ?=
+# Two lanes (pytest-xdist; tests/conftest.py groups the tests that share a module fixture
+# and puts the Ray tests first, kept in that order), and the slowest tests in every run
+# (and in CI's output), to see what grew.
+PYTEST_ARGS ?= -n 2 --dist loadgroup --no-loadscope-reorder --durations=20
 
 .PHONY: demo test install lint bench ui clean mlflow-server bench-gpu
 

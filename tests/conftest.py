@@ -52,14 +52,29 @@ def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("mlflow-store")
 
 
+def _module_fixtures(item: pytest.Item) -> bool:
+    """Whether the test uses a fixture built once per module (a server, a sweep)."""
+    definitions = getattr(item, "_fixtureinfo", None)
+    if definitions is None:
+        return False
+    return any(
+        fixture.scope == "module"
+        for name in item.fixturenames  # type: ignore[attr-defined]
+        for fixture in definitions.name2fixturedefs.get(name, ())
+    )
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (``make test`` runs two lanes), every test on the session's Ray
-    cluster goes to one worker (``--dist loadgroup``), so that worker starts the one
-    cluster and the other lane runs everything else beside it."""
+    """Lanes for ``make test`` (pytest-xdist, ``--dist loadgroup``, two workers): the tests
+    of a module that share a module-scoped fixture stay in one lane (``xdist_group``), so
+    the fixture is built once; the tests on Ray go first, as they are the long ones, and
+    the short ones fill the lanes behind them. Each lane starts its session's one Ray
+    cluster on its first test that needs it. Without xdist the marks change nothing."""
     for item in items:
-        if "ray_cluster" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("ray"))
+        if _module_fixtures(item):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))  # type: ignore[attr-defined]
+    items.sort(key=lambda item: "ray_cluster" not in getattr(item, "fixturenames", ()))
 
 
 @dataclass
@@ -85,10 +100,9 @@ class SessionRay:
 
 @pytest.fixture(scope="session")
 def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SessionRay]:
-    """One real local Ray cluster for the whole session; trials run in its workers.
-
-    Sweeps run as commands in a process of their own (the SIGKILLed-driver and terminal
-    tests) start their own local Ray, as a user's command does: that is what they test."""
+    """One real local Ray cluster for the whole session (a lane, under xdist); trials run
+    in its workers. Sweeps run as commands (the fault tests) are drivers of their own on
+    this cluster (``--address``), as on a cluster started with ``ray up``."""
     import ray
     from ray.cluster_utils import Cluster
 

@@ -147,6 +147,10 @@ def _run(
             f"pytest-{script}",
             "--progress-every",
             "600",
+            # One trial actor, reused by every trial: a trial here is a second of work and
+            # a trial process's start (torch, MLflow, Ray Tune) costs several CPU-seconds.
+            "--max-concurrent",
+            "1",
         ]
     )
     assert code == 0

@@ -115,6 +115,7 @@ def sweep(
             overrides=_tiny(fsdd_root, cache_dir),
             axis_values={"augment.pipeline": ["FD"], "frontend.name": FRONTENDS},
             controls=False,
+            max_concurrent=1,  # one reused trial actor: its start costs more than the trials
             tracking_uri=mlflow_server.wait_until_ready(),
             results_dir=tmp_path_factory.mktemp("browser-results"),
             command_line="pytest browser",

@@ -439,59 +439,99 @@ def test_a_sigkilled_driver_resumes_without_lost_or_duplicated_trials(
     assert len(result_lines) == 2  # its two epochs, reported once each
 
 
-def test_a_two_worker_trial_survives_a_dead_worker_and_then_a_dead_driver(
-    ray_cluster: Any, fsdd_root: Path, cache_dir: Path, mlflow_store: Path, tmp_path: Path
-) -> None:
-    """A 2-worker ``TorchTrainer`` trial (gloo) hit twice. Rank 0 dies after epoch 1 reached
-    MLflow and before its checkpoint was reported: Ray Train restarts the worker group from
-    epoch 0's checkpoint (``--max-failures 1``). Then the driver is SIGKILLed after epoch 2
-    reached MLflow and before its checkpoint was reported: ``--resume`` restores the
-    trainer's epoch-1 checkpoint (its run name is stable per trial). One MLflow run
-    throughout, continued twice, each epoch logged once, the evaluation's figures beside
-    it, and Tune holds the reports the callback relayed."""
-    results, killed, paused = tmp_path / "results", tmp_path / "kill", tmp_path / "pause"
-    run_dir, trial_id = results / "r", "stft3-FD-FD"
-    common = ["--results", str(results), "--progress-every", "600"]
-    common += ["--tracking-uri", f"sqlite:///{mlflow_store / 'mlflow.db'}", "--experiment", "pytest-two-workers"]
-    address = ray_cluster.cluster.address
+def _two_worker_run(
+    fsdd_root: Path, cache_dir: Path, mlflow_store: Path, tmp_path: Path, experiment: str
+) -> tuple[list[str], list[str]]:
+    """(first run's arguments, the arguments both runs share) of a one-cell grid whose
+    trial is a 2-worker ``TorchTrainer`` (gloo) of two epochs, allowed one group restart."""
+    common = ["--results", str(tmp_path / "results"), "--progress-every", "600"]
+    common += ["--tracking-uri", f"sqlite:///{mlflow_store / 'mlflow.db'}", "--experiment", experiment]
     first_run = [
         "--augs", "FD", "--frontends", "stft3", "--no-controls", "--workers-per-trial", "2",
         "--max-failures", "1", "--run-name", "r", *common,
-        *_cli_settings(fsdd_root, cache_dir, epochs=3),
+        *_cli_settings(fsdd_root, cache_dir, epochs=2),
     ]  # fmt: skip
-    killed.touch()
-    paused.touch()
-    faults = f"kill_before_report:1:0:0:{killed},pause_before_report:2:0:0:{paused}"
-    driver = _start_driver(first_run, tmp_path / "first.log", address, fault=faults)
-    trainer_dir = run_dir / "train" / f"r-{trial_id}"
-    try:
-        uri, parent_id = _wait_for(lambda: _sweep_identity(run_dir), "sweep.json")
-        _wait_for(lambda: not paused.exists(), "rank 0 to reach the pause", timeout_s=300)
-        assert not killed.exists(), "the worker was never killed"
-        _wait_for(
-            lambda: _train_checkpoint_epoch(trainer_dir) == 1,
-            "Ray Train to record the epoch-1 checkpoint",
-        )
-        assert driver.process.poll() is None, driver.output()
-        (held,) = find_trial_runs(uri, parent_id)
-        assert held.info.status == "RUNNING"
-        assert _steps(tracking_client(uri), held.info.run_id) == [0, 1, 2]
-    finally:
-        _sigkill_driver(driver)
+    return first_run, common
 
-    code = _run_driver(["--resume", "r", *common], tmp_path / "resume.log", address, timeout_s=300)
-    assert code == 0, (tmp_path / "resume.log").read_text()
-    by_trial = _assert_clean_sweep(run_dir, {trial_id}, epochs=3)
-    run = by_trial[trial_id]
-    assert run.info.run_id == held.info.run_id  # the checkpoint's run, continued
+
+def _assert_two_worker_run(run_dir: Path, resumes: int) -> Any:
+    """The one cell FINISHED in one MLflow run, each epoch logged once, continued
+    ``resumes`` times, with the evaluation's figures and tables beside it."""
+    run = _assert_clean_sweep(run_dir, {TWO_WORKER_CELL}, epochs=2)[TWO_WORKER_CELL]
     assert run.data.params["train.num_workers"] == "2"
-    assert run.data.tags[TAG_RESUME_COUNT] == "2"  # the group's restart, then the resume
-    client = tracking_client(uri)
+    assert run.data.tags[TAG_RESUME_COUNT] == str(resumes)
+    client = tracking_client(_sweep_identity(run_dir)[0])
     assert {"loss", "test_top1", "test_macro_f1"} <= set(run.data.metrics)
     assert "config.yaml" in {item.path for item in client.list_artifacts(run.info.run_id)}
     evaluation = {item.path for item in client.list_artifacts(run.info.run_id, "evaluation")}
     assert any(path.endswith(".png") for path in evaluation)
     assert any(path.endswith(".csv") for path in evaluation)
+    return run
+
+
+TWO_WORKER_CELL = "stft3-FD-FD"
+# The two-worker tests share a lane under xdist: two worker groups at once (four training
+# processes and two controllers) starve each other on a 2-core machine.
+TWO_WORKER_LANE = pytest.mark.xdist_group("two-worker-trials")
+
+
+@TWO_WORKER_LANE
+def test_a_two_worker_trial_restarts_its_worker_group_after_a_dead_worker(
+    ray_cluster: Any, fsdd_root: Path, cache_dir: Path, mlflow_store: Path, tmp_path: Path
+) -> None:
+    """Rank 0 of a 2-worker trial dies after epoch 1 reached MLflow and before its
+    checkpoint was reported: Ray Train restarts the worker group from epoch 0's checkpoint
+    (``--max-failures 1``) and the trial finishes in the run it started, epoch 1 logged
+    once, with the callback's reports in Tune."""
+    first_run, _ = _two_worker_run(fsdd_root, cache_dir, mlflow_store, tmp_path, "pytest-dead-worker")
+    killed = tmp_path / "kill"
+    killed.touch()
+    log = tmp_path / "first.log"
+    driver = _start_driver(first_run, log, ray_cluster.cluster.address, fault=f"kill_before_report:1:0:0:{killed}")
+    try:
+        code = driver.process.wait(timeout=240)
+    finally:
+        _sigkill_driver(driver)
+    assert code == 0, log.read_text()
+    assert not killed.exists(), "the worker was never killed"
+    _assert_two_worker_run(tmp_path / "results" / "r", resumes=1)
+    result_lines = (tmp_path / "results" / "r" / "tune" / TWO_WORKER_CELL / "result.json").read_text()
+    assert len(result_lines.splitlines()) >= 2  # the epochs the callback relayed to Tune
+
+
+@TWO_WORKER_LANE
+def test_a_two_worker_trial_resumes_its_trainers_checkpoint_after_a_dead_driver(
+    ray_cluster: Any, fsdd_root: Path, cache_dir: Path, mlflow_store: Path, tmp_path: Path
+) -> None:
+    """The driver of a 2-worker trial is SIGKILLed after epoch 1 reached MLflow and before
+    its checkpoint was reported: ``--resume`` restores the trainer's epoch-0 checkpoint
+    (its run name is stable per trial) and continues the run the checkpoint names."""
+    first_run, common = _two_worker_run(fsdd_root, cache_dir, mlflow_store, tmp_path, "pytest-dead-driver")
+    run_dir = tmp_path / "results" / "r"
+    paused = tmp_path / "pause"
+    paused.touch()
+    address = ray_cluster.cluster.address
+    fault = f"pause_before_report:1:0:0:{paused}"
+    driver = _start_driver(first_run, tmp_path / "first.log", address, fault=fault)
+    trainer_dir = run_dir / "train" / f"r-{TWO_WORKER_CELL}"
+    try:
+        uri, parent_id = _wait_for(lambda: _sweep_identity(run_dir), "sweep.json")
+        _wait_for(lambda: not paused.exists(), "rank 0 to reach the pause", timeout_s=200)
+        _wait_for(
+            lambda: _train_checkpoint_epoch(trainer_dir) == 0,
+            "Ray Train to record the epoch-0 checkpoint",
+        )
+        assert driver.process.poll() is None, driver.output()
+        (held,) = find_trial_runs(uri, parent_id)
+        assert held.info.status == "RUNNING"
+        assert _steps(tracking_client(uri), held.info.run_id) == [0, 1]
+    finally:
+        _sigkill_driver(driver)
+
+    code = _run_driver(["--resume", "r", *common], tmp_path / "resume.log", address, timeout_s=240)
+    assert code == 0, (tmp_path / "resume.log").read_text()
+    run = _assert_two_worker_run(run_dir, resumes=1)
+    assert run.info.run_id == held.info.run_id  # the checkpoint's run, continued
 
 
 def test_ctrl_c_then_resume_prints_one_line_per_failed_cell(

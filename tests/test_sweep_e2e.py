@@ -53,6 +53,7 @@ def finished_sweep(
         overrides=_tiny(fsdd_root, cache_dir),
         axis_values={"augment.pipeline": ["PS", "FD"]},
         controls=False,
+        max_concurrent=1,  # one reused trial actor: its start costs more than these trials
         results_dir=results,
         command_line="pytest e2e",
     )
