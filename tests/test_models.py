@@ -46,6 +46,26 @@ def test_resnet18_at_width_64_is_torchvisions_resnet18(tmp_path):
         assert torch.allclose(ours(x), reference(x), atol=1e-5)
 
 
+def test_inception_v3_with_imagenet_weights_rescales_its_input_as_torchvision_does(tmp_path):
+    """torchvision builds Inception-v3 with transform_input=True when it loads the ImageNet
+    weights (they were trained on inputs in [-1, 1]); loaded from a local file, ours must
+    do the same, and a randomly initialised one must not. The features then equal
+    torchvision's own model with those weights, on the same input."""
+    reference = torchvision.models.inception_v3(
+        weights=None, aux_logits=True, init_weights=True, transform_input=True
+    ).eval()
+    checkpoint = tmp_path / "inception_v3.pt"
+    torch.save(reference.state_dict(), checkpoint)  # as saved from weights=IMAGENET1K_V1
+    config = ModelConfig(encoder="inception_v3", pretrained=checkpoint)
+    ours = build_encoder(config, 3).eval()
+    assert ours.trunk.transform_input is True
+    assert build_encoder(ModelConfig(encoder="inception_v3"), 3).trunk.transform_input is False
+    reference.fc = nn.Identity()
+    image = torch.randn(2, 3, 299, 299)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(image), reference(image), rtol=1e-4, atol=1e-4)
+
+
 def test_width_multiplier_scales_parameters_quadratically():
     small = count_parameters(build_encoder(ModelConfig(encoder="resnet18", width=16), 3))
     large = count_parameters(build_encoder(ModelConfig(encoder="resnet18", width=32), 3))

@@ -148,7 +148,15 @@ def _torchvision(name: str, in_channels: int, pretrained: Path | None) -> Encode
     import torchvision.models as tvm
 
     if name == "inception_v3":
-        net = tvm.inception_v3(weights=None, aux_logits=False, init_weights=True)
+        # torchvision's ImageNet weights for Inception-v3 were trained on inputs scaled to
+        # [-1, 1]; tvm.inception_v3(weights=...) sets transform_input=True so that inputs
+        # normalised with ImageNet's mean and std are rescaled to that range. We load the
+        # same weights from a local file, so we set it the same way. It rescales three
+        # channels, so it applies to 3-channel inputs only (other counts adapt conv1).
+        transform_input = pretrained is not None and in_channels == 3
+        net = tvm.inception_v3(
+            weights=None, aux_logits=False, init_weights=True, transform_input=transform_input
+        )
     else:
         net = getattr(tvm, name)(weights=None)
     if pretrained is not None:
