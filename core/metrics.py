@@ -24,6 +24,7 @@ EPOCH_METRICS = (
     "augment_frontend_share",
     "steps",
     "early_stopped",
+    "scored_epoch",  # the epoch whose weights the test scores are from (early stopping)
 )
 # Reported per evaluated split as "<split>_<score>" (core.evaluate.EvaluationResult.metrics).
 SPLIT_SCORES = ("top1", "macro_f1", "weighted_f1")

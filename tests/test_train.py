@@ -408,6 +408,49 @@ def test_early_stopping_and_plateau_act_every_epoch_between_test_evaluations(
     assert rates == pytest.approx([1e-3, 1e-3, 1e-3, 5e-4])
 
 
+def test_early_stopping_scores_the_weights_of_the_best_validation_epoch(
+    fsdd_root, cache_dir, mlflow_store, tmp_path, monkeypatch
+):
+    """QUACLRS 4.6 keeps "the best model based on validation accuracy": a run whose
+    validation peaks at epoch 1 and stops after epoch 3 is scored on the test split with
+    epoch 1's weights, not the last ones; ``scored_epoch`` says so, and each epoch's own
+    validation score stays in the history."""
+    import core.train.loop
+    from core.train import train
+
+    script = iter([0.5, 0.9, 0.6, 0.55])
+    scored: list[tuple[tuple[str, ...], float]] = []  # (splits, the encoder's weights)
+    real_evaluate = core.train.loop.evaluate_method
+
+    def scripted(method, *args, **kwargs):
+        weights = sum(float(p.detach().double().sum()) for p in method.encoder.parameters())
+        results = real_evaluate(method, *args, **kwargs)
+        scored.append((tuple(results), weights))
+        if "val" in results:
+            results["val"].top1 = next(script)
+        return results
+
+    monkeypatch.setattr(core.train.loop, "evaluate_method", scripted)
+    cfg, who = quaclrs_fsdd_config(
+        fsdd_root,
+        cache_dir,
+        mlflow_store,
+        tmp_path.name,
+        train={"early_stopping_patience": 2, "early_stopping_metric": "val_top1"},
+    )
+    reports = KeepCheckpoints(tmp_path / "ckpt")
+    train(cfg, reports, who)
+
+    assert [m["early_stopped"] for m in reports.metrics] == [0.0, 0.0, 0.0, 1.0]
+    assert [m["val_top1"] for m in reports.metrics] == [0.5, 0.9, 0.6, 0.55]
+    assert [m["scored_epoch"] for m in reports.metrics] == [0.0, 1.0, 2.0, 1.0]
+    assert [splits for splits, _ in scored] == [("val",)] * 4 + [("test",)]
+    weights = [value for _, value in scored]
+    assert len(set(weights[:4])) == 4, "each epoch trained the encoder"
+    assert weights[4] == weights[1]  # the test split scored epoch 1's encoder
+    assert 0.0 <= reports.metrics[-1]["test_top1"] <= 1.0
+
+
 def test_a_watched_val_metric_without_a_validation_split_is_explained(
     fsdd_root, cache_dir, mlflow_store, tmp_path
 ):

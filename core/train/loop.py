@@ -155,6 +155,17 @@ class Progress:
     run_id: str = ""  # the MLflow run the epochs so far were logged to
     finished: bool = False  # the last epoch ran, or early stopping ended the trial
     metrics: dict[str, float] = field(default_factory=dict)  # the last epoch's
+    # With early stopping: the epoch of the best watched score and the method's weights
+    # then (on the CPU), which the trial is scored with when it ends (QUACLRS 4.6).
+    best_epoch: int | None = None
+    best_model: dict[str, torch.Tensor] | None = None
+
+    def keep_best(self, method: torch.nn.Module, epoch: int) -> None:
+        self.best_epoch = epoch
+        self.best_model = {
+            name: tensor.detach().to("cpu", copy=True)
+            for name, tensor in method.state_dict().items()
+        }
 
 
 @dataclass
@@ -215,6 +226,8 @@ def restore(trial: TrialParts, restore_dir: Path | None) -> Progress:
     progress.run_id = state.get("mlflow_run_id") or ""
     progress.finished = bool(state["finished"])
     progress.metrics = dict(state["metrics"])
+    if state.get("best_model") is not None:
+        progress.best_epoch, progress.best_model = state["best_epoch"], state["best_model"]
     return progress
 
 
@@ -283,7 +296,9 @@ def decide(
 ) -> bool:
     """Early stopping and the plateau schedule, on the watched metric (rank 0's, so that
     every rank takes the same decisions); True when the trial stops after this epoch. A
-    trial that stops between evaluations is scored on the test split here."""
+    trial that stops between evaluations is scored on the test split here; with early
+    stopping, a trial that ends is scored with the weights of its best watched epoch
+    (``scored_epoch`` says which epoch's weights the test scores are from)."""
     cfg = trial.cfg
     name = cfg.train.early_stopping_metric
     watched = metrics.get(name) if trial.is_main else None
@@ -296,14 +311,25 @@ def decide(
                 f"(val_top1, val_macro_f1, val_weighted_f1) or one of: "
                 f"{', '.join(sorted(metrics))}"
             )
-    stop = progress.stopper.update(watched, epochs_elapsed=1)
+    stopper = progress.stopper
+    stop = stopper.update(watched, epochs_elapsed=1)
+    if stopper.patience is not None and watched is not None and stopper.epochs_since_best == 0:
+        progress.keep_best(trial.method, epoch)
+    progress.finished = stop or epoch == trial.epochs - 1
     metrics["early_stopped"] = float(stop)
-    if stop and not evaluation.full:
+    metrics["scored_epoch"] = float(epoch)
+    rescore = stop and not evaluation.full
+    if progress.finished and progress.best_model is not None and progress.best_epoch != epoch:
+        # QUACLRS 4.6: "the best model based on validation accuracy is saved"; that model
+        # is the trial's result, so its weights are the ones the test split scores.
+        trial.method.load_state_dict(progress.best_model)
+        metrics["scored_epoch"] = float(progress.best_epoch)
+        rescore = True
+    if rescore:
         at_stop = evaluate(trial, epoch, metrics, watched_only=True)
         evaluation.results.update(at_stop.results)
         evaluation.full = True
     trial.schedule.step_epoch(watched)
-    progress.finished = stop or epoch == trial.epochs - 1
     return stop
 
 
@@ -355,6 +381,8 @@ def _checkpoint_state(trial: TrialParts, progress: Progress, epoch: int) -> dict
         "early_stopping": progress.stopper.state_dict(),
         "finished": progress.finished,
         "metrics": progress.metrics,
+        "best_epoch": progress.best_epoch,
+        "best_model": progress.best_model,
     }
 
 
