@@ -165,16 +165,17 @@ def build_signal_pipeline(cfg: AugmentConfig, sample_rate: int) -> SignalPipelin
     return SignalPipeline(cfg, sample_rate)
 
 
-def build_view_augment(cfg: AugmentConfig, sample_rate: int) -> SignalPipeline:
+def build_view_augment(cfg: AugmentConfig, sample_rate: int, views: int = 2) -> SignalPipeline:
     """What one view of a training pair gets on the signal: its base, then ``cfg.pipeline``.
 
     Fixed-setting codes (``TST0.8``, ``PS+2``, ``SA0``, ...) and the empty pipeline would
     give the two views of a clip bit-identical, making the contrastive task trivial, so
     such configs get the random base ``DEFAULT_VIEW_BASE`` (see
     :meth:`AugmentConfig.resolved_view_base`). Each call of the returned pipeline draws its
-    own base parameters, so two calls on one generator give two different views.
+    own base parameters, so two calls on one generator give two different views. A method
+    that trains on one view (``views=1``, cross-entropy alone) gets no base.
     """
-    return SignalPipeline(cfg, sample_rate, base_codes=cfg.resolved_view_base())
+    return SignalPipeline(cfg, sample_rate, base_codes=cfg.resolved_view_base(views))
 
 
 def build_spec_pipeline(cfg: AugmentConfig) -> SpecPipeline:

@@ -67,13 +67,18 @@ class AugmentConfig(Section):
             return True
         return all(code in registry.DETERMINISTIC_CODES for code in codes)
 
-    def resolved_view_base(self) -> list[str]:
-        """The base codes each view actually gets, ``view_base`` with None resolved.
+    def resolved_view_base(self, views: int = 2) -> list[str]:
+        """The base codes each view actually gets, ``view_base`` with None resolved: the
+        random base only where two views (``views``, the method's count) would otherwise
+        be identical; one view (supervised training) gets none unless ``view_base`` names
+        one.
 
         Torch-free, so a dry run can show what a trial will train on.
         """
         if self.view_base is not None:
             return list(self.view_base)
+        if views < 2:
+            return []
         return list(registry.DEFAULT_VIEW_BASE) if self.views_are_deterministic() else []
 
     @field_validator("spec_pipeline")

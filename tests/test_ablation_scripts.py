@@ -93,6 +93,23 @@ def test_dry_runs_list_each_papers_trials(fsdd_root: Path, capsys) -> None:
     assert augmentations[:2] == ["original-simclr-fold1", "original-moco-fold1"]
 
 
+def _augment_column(out: str) -> dict[str, str]:
+    """trial id -> what the dry-run table says each of its views gets."""
+    rows = (line.split() for line in out.splitlines())
+    return {parts[1]: parts[2] for parts in rows if len(parts) > 10 and parts[0].isdigit()}
+
+
+def test_the_dry_run_shows_what_each_view_gets(fsdd_root: Path, capsys) -> None:
+    """The random view base a trial's views get is shown, not hidden behind "(none)";
+    supervised training (one view, no base) shows none."""
+    _, out = _dry_run_output("run_augmentations", capsys, "--folds", "1", "--no-controls")
+    shown = _augment_column(out)
+    assert shown["original-simclr-fold1"] == "(TS>FD)"  # an empty pipeline: the base alone
+    assert "view base (in parentheses)" in out
+    _, out = _dry_run_output("run_backbones", capsys, "--folds", "1", "--no-controls")
+    assert set(_augment_column(out).values()) == {"(none)"}
+
+
 @pytest.mark.parametrize("script", sorted(SCRIPTS))
 def test_paper_preset_dry_runs(script: str, capsys) -> None:
     """The paper's datasets are not on this machine: the paper preset fetches what is

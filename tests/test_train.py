@@ -72,6 +72,34 @@ def runs_of(identity: RunIdentity) -> list:
     return client.search_runs([experiment.experiment_id])
 
 
+def test_supervised_training_sees_one_view_per_clip(
+    fsdd_root, cache_dir, mlflow_store, tmp_path, monkeypatch
+):
+    """Cross-entropy alone trains on one view of each clip (its config's augmentation, no
+    second copy of the batch); a contrastive method gets its pair."""
+    from core.methods.simclr import SimCLR
+    from core.methods.supervised import Supervised
+
+    seen: list[tuple[str, int, bool]] = []
+    for method_class in (Supervised, SimCLR):
+        real_forward = method_class.forward
+
+        def recording(self, view1, view2, labels, _real=real_forward, _name=method_class.__name__):
+            seen.append((_name, view1.shape[0], view2 is None))
+            return _real(self, view1, view2, labels)
+
+        monkeypatch.setattr(method_class, "forward", recording)
+    for method in ("supervised", "simclr"):
+        cfg, who = small_config(
+            fsdd_root, cache_dir, mlflow_store, f"{tmp_path.name}-{method}",
+            method={"name": method}, augment={"pipeline": []}, train={"epochs": 1},
+        )  # fmt: skip
+        run_loop(cfg, CallbackContext(), who)
+    batch = cfg.train.batch_size
+    assert ("Supervised", batch, True) in seen and ("SimCLR", batch, False) in seen
+    assert {view2_missing for name, _, view2_missing in seen if name == "Supervised"} == {True}
+
+
 @pytest.mark.slow
 def test_in_process_trial_trains_evaluates_and_logs(fsdd_root, cache_dir, mlflow_store, tmp_path):
     cfg, who = small_config(

@@ -109,6 +109,19 @@ def test_the_default_base_goes_only_under_deterministic_views():
     assert AugmentConfig(view_base=[]).resolved_view_base() == []
 
 
+def test_one_view_gets_exactly_its_pipeline_and_no_base(clips: torch.Tensor):
+    """Supervised training sees one view of each clip, so there is no pair to tell apart:
+    it gets the augmentation its config names and nothing else (no hidden time shift and
+    fade under an empty pipeline); a view_base given by name still applies."""
+    assert AugmentConfig().resolved_view_base(views=1) == []
+    assert AugmentConfig(pipeline=["PS+2"]).resolved_view_base(views=1) == []
+    assert AugmentConfig(view_base=["WN"]).resolved_view_base(views=1) == ["WN"]
+    untouched = build_view_augment(AugmentConfig(), SR, views=1)
+    assert untouched.base_codes == []
+    assert torch.equal(untouched(clips, _gen(5)), clips)
+    assert not torch.equal(build_view_augment(AugmentConfig(), SR)(clips, _gen(5)), clips)
+
+
 def test_a_random_pipeline_is_exactly_the_old_one(clips: torch.Tensor):
     cfg = AugmentConfig(pipeline=["FD", "TM"])
     view_augment, old = build_view_augment(cfg, SR), build_signal_pipeline(cfg, SR)

@@ -54,6 +54,9 @@ class MethodConfig(Section):
 
     uses_labels: ClassVar[bool] = False  # the loss reads the labels of the batch
     trains: ClassVar[bool] = True  # False: the encoder is never trained (the control)
+    # Views of each clip per step: two for a contrastive pair; one for cross-entropy alone,
+    # which then trains on exactly the augmentation its config names (no view base).
+    views: ClassVar[int] = 2
     # The scalars the method's forward returns, each reported per epoch as its mean (the
     # names a space file's metric may use; tests check them against the forward's output).
     reported: ClassVar[tuple[str, ...]] = ("loss",)
@@ -162,6 +165,7 @@ class SupervisedConfig(MethodConfig):
     name: Literal["supervised"] = "supervised"
     reported: ClassVar[tuple[str, ...]] = ("loss", "ce", "accuracy")
     uses_labels: ClassVar[bool] = True
+    views: ClassVar[int] = 1
 
 
 @register_method(implementation="core.methods.simclr:SimCLR")

@@ -27,13 +27,20 @@ class Supervised(Method):
         super().__init__(cfg, encoder, num_classes, class_weights)
         self.head = self._projection_head(num_classes)
 
-    def forward(self, view1: Tensor, view2: Tensor, labels: Tensor) -> dict[str, Tensor]:
-        logits = self.head(self.encoder(torch.cat([view1, view2])))
-        both = torch.cat([labels, labels])
-        ce, _ = losses.labelled_cross_entropy(logits, both, self._weights())
+    def forward(
+        self, view1: Tensor, view2: Tensor | None, labels: Tensor
+    ) -> dict[str, Tensor]:
+        """Cross-entropy on the batch: one view per clip (``SupervisedConfig.views``; the
+        loop passes None as the second), or both views' clips when given two."""
+        if view2 is None:
+            inputs, targets = view1, labels
+        else:
+            inputs, targets = torch.cat([view1, view2]), torch.cat([labels, labels])
+        logits = self.head(self.encoder(inputs))
+        ce, _ = losses.labelled_cross_entropy(logits, targets, self._weights())
         with torch.no_grad():
-            labelled = both >= 0
-            correct = ((logits.argmax(1) == both) & labelled).sum()
+            labelled = targets >= 0
+            correct = ((logits.argmax(1) == targets) & labelled).sum()
             accuracy = correct / labelled.sum().clamp(min=1)
         return {"loss": ce, "ce": ce.detach(), "accuracy": accuracy.float()}
 

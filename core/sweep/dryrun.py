@@ -48,7 +48,10 @@ def trial_table(
     lines = [header, "-" * len(header)]
     for number, trial in enumerate(trials, 1):
         cfg = trial.config
-        augment = ">".join(cfg.augment.pipeline) or "(none)"
+        # What each view gets: the random base (in parentheses), then the pipeline.
+        base = cfg.augment.resolved_view_base(type(cfg.method).views)
+        codes = [f"({'>'.join(base)})"] if base else []
+        augment = ">".join([*codes, *cfg.augment.pipeline]) or "(none)"
         if cfg.augment.spec_pipeline:
             augment += "|" + ">".join(cfg.augment.spec_pipeline)
         tau = cfg.method.temperature_shown
@@ -147,6 +150,11 @@ def print_grid_dry_run(
     print(trial_table(trials, split_sizes, resources), file=stream)
     print(f"\n{len(trials)} trials from {source} (preset {request.preset})", file=stream)
     print("train/val/test: clips per split, from the dataset's listing", file=stream)
+    print(
+        "augment: what each view gets, the random view base (in parentheses) then the "
+        "pipeline; supervised training has one view and no base",
+        file=stream,
+    )
     print(cost_estimate(trials, split_sizes, resources, request.throughput), file=stream)
     try:
         resources = replan(resources, None if request.address else here)

@@ -131,7 +131,7 @@ def train_epoch(trial: TrialParts, epoch: int) -> dict[str, float]:
                 trial.spec_augment(
                     trial.frontend(trial.signal_augment(waves, generator)), generator
                 )
-                for _ in range(2)
+                for _ in range(type(cfg.method).views)
             ]
         augment_seconds += time.perf_counter() - tick
         outputs = train_step(trial, views, labels, epoch, step)
@@ -155,8 +155,9 @@ def train_epoch(trial: TrialParts, epoch: int) -> dict[str, float]:
 def train_step(
     trial: TrialParts, views: list[Tensor], labels: Tensor, epoch: int, step: int
 ) -> dict[str, Tensor]:
-    """Forward both views (under autocast where AMP is on), check the loss, step the
-    optimizer, the learning-rate schedule and the method's momentum updates."""
+    """Forward the views (two, or one with ``None`` for the second; under autocast where
+    AMP is on), check the loss, step the optimizer, the learning-rate schedule and the
+    method's momentum updates."""
     cfg, device = trial.cfg, trial.context.device
     autocast = (
         torch.autocast(device.type, dtype=trial.amp_dtype)
@@ -164,7 +165,7 @@ def train_step(
         else nullcontext()
     )
     with autocast:
-        outputs = trial.model(views[0], views[1], labels)
+        outputs = trial.model(views[0], views[1] if len(views) > 1 else None, labels)
     loss = outputs["loss"].float()
     if trial.hooks.poisons_loss(epoch, step):
         loss = loss * float("nan")

@@ -83,7 +83,8 @@ def set_up(cfg: ExperimentConfig, context: TrialContext) -> TrialParts:
     data = load_trial_data(cfg, progress=context.rank == 0)
     sample_rate = cfg.data.sample_rate
     frontend = build_frontend(cfg.frontend, sample_rate).to(device)
-    signal_augment = build_view_augment(cfg.augment, sample_rate).to(device)
+    views = type(cfg.method).views
+    signal_augment = build_view_augment(cfg.augment, sample_rate, views).to(device)
     spec_augment = build_spec_pipeline(cfg.augment).to(device)
     encoder = build_encoder(cfg.model, in_channels=frontend.out_channels)
     method = build_method(cfg, encoder, data.num_classes, data.class_counts)
