@@ -110,13 +110,53 @@ def test_the_dry_run_shows_what_each_view_gets(fsdd_root: Path, capsys) -> None:
     assert set(_augment_column(out).values()) == {"(none)"}
 
 
+# QUACLRS's scripts: their paper preset is on its 13-class set, UrbanSound8K without siren
+# plus sireNNet's four classes (QUACLRS 4.1).
+QUACLRS_SCRIPTS = ("run_augmentations", "run_backbones", "run_moco_queue", "run_projection_dim",
+                   "run_ssl_methods")  # fmt: skip
+
+
+def _sirennet_folder(folder: Path) -> Path:
+    """A sireNNet folder in its published layout: one folder of .wav files per class."""
+    import numpy as np
+    import soundfile
+
+    for name in ("ambulance", "firetruck", "police", "traffic"):
+        (folder / name).mkdir(parents=True)
+        soundfile.write(folder / name / f"{name}-1.wav", np.zeros(4800, dtype=np.float32), 48_000)
+    return folder
+
+
 @pytest.mark.parametrize("script", sorted(SCRIPTS))
-def test_paper_preset_dry_runs(script: str, capsys) -> None:
-    """The paper's datasets are not on this machine: the paper preset fetches what is
-    missing, and its dry run says so instead of failing."""
-    ids, out = _dry_run_output(script, capsys, "--preset", "paper", "--no-controls")
+def test_paper_preset_dry_runs(script: str, capsys, tmp_path: Path) -> None:
+    """The paper's datasets are not on this machine: the paper preset fetches what can be
+    downloaded, and its dry run says so instead of failing; QUACLRS's run on its 13-class
+    set, whose sireNNet part is given (it cannot be downloaded)."""
+    argv = ["--preset", "paper", "--no-controls"]
+    if script in QUACLRS_SCRIPTS:
+        argv += ["--set", f"data.extra_root={_sirennet_folder(tmp_path / 'sirennet')}"]
+    ids, out = _dry_run_output(script, capsys, *argv)
     assert ids and "(download)" in out
     assert "4 worker(s)/trial" in out
+    if script in QUACLRS_SCRIPTS:
+        assert "urbansound8k_sirennet" in out and " urbansound8k " not in out
+
+
+@pytest.mark.parametrize("script", QUACLRS_SCRIPTS)
+def test_a_quaclrs_paper_dry_run_without_sirennet_says_where_to_put_it(
+    script: str, capsys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """sireNNet cannot be downloaded: without it the paper preset's dry run exits 2 before
+    anything else, naming the folder it looked in, where to get it, and the 10-class
+    fallback that is not the paper's class set."""
+    monkeypatch.setenv("CLARLAB_DATA", str(tmp_path))
+    (tmp_path / "sirennet").mkdir()
+    (tmp_path / "sirennet" / "Ambulance").mkdir()  # found, but not the published layout
+    code = _main(script)(["--dry-run", "--preset", "paper", "--no-controls"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert str(tmp_path / "sirennet") in err and "found folders: ['Ambulance']" in err
+    assert "--set data.dataset=urbansound8k" in err and "not the paper's" in err
 
 
 # --- tiny real runs ---------------------------------------------------------------------

@@ -109,6 +109,7 @@ def extra_root(cfg: DataConfig) -> Path | None:
             f"dataset {spec.name!r} needs {spec.extra_folder} at {root} ({where}), which is "
             f"not a folder. clarlab cannot download it: get it from {spec.extra_source}, "
             f"unpack it there, or set data.extra_root to the folder that holds it"
+            + (f". {spec.extra_fallback}" if spec.extra_fallback else "")
         )
     return root
 

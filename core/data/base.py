@@ -122,7 +122,10 @@ class DatasetSpec:
     A dataset merged from two (``urbansound8k_sirennet``) names its second one by
     ``extra_folder`` (under ``$CLARLAB_DATA``, or ``data.extra_root``), says where to get
     it in ``extra_source`` (it has no download), and reads both with ``extra_scan``;
-    its ``scan`` reads the second from the default folder.
+    its ``scan`` reads the second from the default folder. ``extra_check`` checks the
+    second folder's layout on its own, so that a dry run whose first dataset would be
+    downloaded still fails on a second one that cannot be; ``extra_fallback`` is what its
+    errors offer instead.
     """
 
     name: str
@@ -139,6 +142,8 @@ class DatasetSpec:
     extra_folder: str = ""
     extra_source: str = ""
     extra_scan: ExtraScanner | None = None
+    extra_check: Callable[[Path], object] | None = None
+    extra_fallback: str = ""
 
     def list_clips(self, root: Path, label_field: str | None, extra_root: Path | None) -> Listing:
         """The listing, reading ``extra_root`` too for a dataset merged from two folders."""

@@ -46,6 +46,10 @@ SIRENNET_SOURCE = (
     "Urban Applications', Scientific Data 2022, https://doi.org/10.1038/s41597-022-01727-2, "
     "which links the published data)"
 )
+FALLBACK = (
+    "Without it, --set data.dataset=urbansound8k runs UrbanSound8K's own 10 classes (siren "
+    "included), which is not the paper's class set (QUACLRS 4.1: 13 classes)"
+)
 
 
 def sirennet_folds(count: int, class_index: int) -> np.ndarray:
@@ -63,7 +67,7 @@ def _sirennet(extra_root: Path) -> tuple[list[Path], list[int], list[int]]:
         raise DatasetNotFoundError(
             f"urbansound8k_sirennet: the sireNNet folder {extra_root} does not exist; get it "
             f"from {SIRENNET_SOURCE} and set data.extra_root to it (default "
-            f"$CLARLAB_DATA/{EXTRA_FOLDER})"
+            f"$CLARLAB_DATA/{EXTRA_FOLDER}). {FALLBACK}"
         )
     absent = [name for name in SIRENNET_CLASSES if not (extra_root / name).is_dir()]
     if absent:
@@ -72,7 +76,7 @@ def _sirennet(extra_root: Path) -> tuple[list[Path], list[int], list[int]]:
             f"urbansound8k_sirennet: {extra_root} lacks the sireNNet class folder(s) "
             f"{absent}; expected {', '.join(n + '/' for n in SIRENNET_CLASSES)} directly under "
             f"it (found folders: {found or 'none'}). Point data.extra_root at the folder "
-            f"that holds them"
+            f"that holds them. {FALLBACK}"
         )
     files: list[Path] = []
     labels: list[int] = []
@@ -85,7 +89,8 @@ def _sirennet(extra_root: Path) -> tuple[list[Path], list[int], list[int]]:
         if not clips:
             raise DatasetError(
                 f"urbansound8k_sirennet: {extra_root / name} holds no .wav files; the "
-                f"sireNNet folder is incomplete (re-extract it from {SIRENNET_SOURCE})"
+                f"sireNNet folder is incomplete (re-extract it from {SIRENNET_SOURCE}). "
+                f"{FALLBACK}"
             )
         files.extend(clips)
         labels.extend([len(URBAN_CLASSES) + index] * len(clips))
@@ -135,5 +140,7 @@ SPEC = DatasetSpec(
     marker=urbansound8k.SPEC.marker,
     extra_folder=EXTRA_FOLDER,
     extra_source=SIRENNET_SOURCE,
+    extra_check=_sirennet,
+    extra_fallback=FALLBACK,
     extra_scan=scan_merged,
 )

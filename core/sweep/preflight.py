@@ -52,8 +52,13 @@ class _ListingAsCache:
 
 
 def _listing(data: DataConfig) -> Listing | None:
-    """The scanned listing of ``data`` (None when ``data.download`` would fetch it first)."""
+    """The scanned listing of ``data`` (None when ``data.download`` would fetch it first).
+
+    A second folder that cannot be downloaded (sireNNet) is checked first, so that its
+    absence fails the dry run even when the first dataset would be downloaded."""
     spec = get_spec(data.dataset)
+    if spec.extra_check is not None:
+        spec.extra_check(extra_root(data))
     try:
         root = dataset_root(data.model_copy(update={"download": False}), progress=False)
     except DatasetNotFoundError:
