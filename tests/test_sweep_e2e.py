@@ -155,6 +155,7 @@ def test_seeds_controls_and_intervals_reach_the_parent_report(
         axis_values={"augment.pipeline": ["FD", "TM"], "frontend.name": ["stft3"]},
         seeds=2,
         scheduler="asha",
+        max_concurrent=1,  # one reused trial actor: its start costs more than these trials
         results_dir=tmp_path / "results",
         tracking_uri=f"sqlite:///{mlflow_store / 'mlflow.db'}",  # the session's: no new schema
         command_line="pytest e2e seeds",

@@ -92,7 +92,8 @@ def test_supervised_training_sees_one_view_per_clip(
     for method in ("supervised", "simclr"):
         cfg, who = small_config(
             fsdd_root, cache_dir, mlflow_store, f"{tmp_path.name}-{method}",
-            method={"name": method}, augment={"pipeline": []}, train={"epochs": 1},
+            method={"name": method}, augment={"pipeline": []},
+            train={"epochs": 1, "max_steps_per_epoch": 1, "eval_epochs": 1},
         )  # fmt: skip
         run_loop(cfg, CallbackContext(), who)
     batch = cfg.train.batch_size
