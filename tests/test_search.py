@@ -162,7 +162,9 @@ def test_search_with_asha_then_resume_into_the_same_study(
     uri = f"sqlite:///{mlflow_store / 'mlflow.db'}"
     shared = ["--results", str(results), "--tracking-uri", uri, "--progress-every", "600"]
     code = run_search.main(
+        # One reused trial actor: its start costs more than these samples' training.
         ["--samples", "3", "--run-name", "s1", "--experiment", "pytest-search"]
+        + ["--max-concurrent", "1"]
         + shared
         + _tiny(fsdd_root, cache_dir)
     )
