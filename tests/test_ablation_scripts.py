@@ -142,6 +142,20 @@ def test_paper_preset_dry_runs(script: str, capsys, tmp_path: Path) -> None:
         assert "urbansound8k_sirennet" in out and " urbansound8k " not in out
 
 
+@pytest.mark.parametrize(
+    "script", ["run_augmentations", "run_moco_queue", "run_projection_dim", "run_ssl_methods"]
+)
+def test_quaclrs_ssl_tables_train_in_fp16_with_a_grad_scaler(
+    script: str, capsys, tmp_path: Path
+) -> None:
+    """QUACLRS 4.6 trains with FP16 and PyTorch's GradScaler: every trial of its paper
+    preset says amp: fp16 (not auto, which picks bf16 on a GPU that has it)."""
+    sirennet = _sirennet_folder(tmp_path / "sirennet")
+    argv = ["--preset", "paper", "--no-controls", "--show-config"]
+    ids, out = _dry_run_output(script, capsys, *argv, "--set", f"data.extra_root={sirennet}")
+    assert ids and out.count("amp: fp16") == len(ids)
+
+
 @pytest.mark.parametrize("script", QUACLRS_SCRIPTS)
 def test_a_quaclrs_paper_dry_run_without_sirennet_says_where_to_put_it(
     script: str, capsys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
