@@ -99,6 +99,16 @@ def _augment_column(out: str) -> dict[str, str]:
     return {parts[1]: parts[2] for parts in rows if len(parts) > 10 and parts[0].isdigit()}
 
 
+def test_the_dry_run_says_which_moco_queues_it_caps(fsdd_root: Path, capsys) -> None:
+    """The quick preset's MoCo trials keep MoCo's published 65,536-key queue, longer than
+    FSDD's few hundred training clips: the dry run says each is capped, and to what."""
+    _, out = _dry_run_output("run_ssl_methods", capsys, "--no-controls")
+    capped = [line for line in out.splitlines() if "method.queue_size=65536" in line]
+    assert capped and all(line.startswith("note: mocov") or line.startswith("note: moco")
+                          for line in capped)  # fmt: skip
+    assert all("capped to" in line for line in capped)
+
+
 def test_the_dry_run_shows_what_each_view_gets(fsdd_root: Path, capsys) -> None:
     """The random view base a trial's views get is shown, not hidden behind "(none)";
     supervised training (one view, no base) shows none."""

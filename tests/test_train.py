@@ -101,6 +101,29 @@ def test_supervised_training_sees_one_view_per_clip(
     assert {view2_missing for name, _, view2_missing in seen if name == "Supervised"} == {True}
 
 
+def test_a_moco_queue_longer_than_the_training_split_is_capped(
+    fsdd_root, cache_dir, mlflow_store, tmp_path
+):
+    """MoCo's published queue (65,536 keys) on a few hundred training clips would still
+    hold random initial keys after an epoch: the trial caps it at the largest multiple of
+    the global batch that fits the split, and logs the size it ran with."""
+    from core.methods.configs import MoCoConfig
+    from core.train import load_trial_data
+
+    assert MoCoConfig(queue_size=4096).fitted_to(10_000, 32)[1] is None
+    fitted, note = MoCoConfig(queue_size=4096).fitted_to(1000, 32)
+    assert fitted.queue_size == 992 and "capped to 992" in note
+    cfg, who = small_config(
+        fsdd_root, cache_dir, mlflow_store, tmp_path.name,
+        method={"name": "moco"}, train={"epochs": 1, "max_steps_per_epoch": 1, "eval_epochs": 1},
+    )  # fmt: skip
+    assert cfg.method.queue_size == 65_536
+    train_clips = len(load_trial_data(cfg, progress=False).split.train)
+    run_loop(cfg, CallbackContext(), who)
+    (run,) = runs_of(who)
+    assert int(run.data.params["method.queue_size"]) == train_clips // 32 * 32
+
+
 @pytest.mark.slow
 def test_in_process_trial_trains_evaluates_and_logs(fsdd_root, cache_dir, mlflow_store, tmp_path):
     cfg, who = small_config(

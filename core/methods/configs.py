@@ -77,6 +77,12 @@ class MethodConfig(Section):
         """The temperature to show in tables (None for methods without one)."""
         return getattr(self, "temperature", None)
 
+    def fitted_to(self, train_clips: int, global_batch: int) -> tuple[MethodConfig, str | None]:
+        """This config for a training split of ``train_clips`` clips: itself, or, where a
+        setting cannot sensibly exceed the split (MoCo's queue), the config fitted to it
+        and a line saying what changed (the trial and the dry run print it)."""
+        return self, None
+
 
 @dataclass
 class MethodEntry:
@@ -194,6 +200,23 @@ class _MoCoBase(MethodConfig):
     momentum: float = Field(0.999, ge=0, le=1)  # key encoder EMA
     reported: ClassVar[tuple[str, ...]] = ("loss", "info_nce", "contrastive_accuracy")
     queue_size: int = Field(65_536, gt=0)
+
+    def fitted_to(self, train_clips: int, global_batch: int) -> tuple[MethodConfig, str | None]:
+        """A queue longer than the training split is capped at the largest multiple of the
+        global batch that fits it. The queue takes one global batch of keys per step, so
+        after an epoch a longer one still holds random initial vectors as negatives.
+        65,536 (He et al. 2020) was sized for ImageNet's 1.28M images; QUACLRS Table 18
+        uses 4,096 and 8,192."""
+        if self.queue_size <= train_clips:
+            return self, None
+        fitted = max(global_batch, train_clips // global_batch * global_batch)
+        note = (
+            f"method.queue_size={self.queue_size} is longer than the training split "
+            f"({train_clips} clips): capped to {fitted}, the largest multiple of the global "
+            f"batch ({global_batch}) that fits, so that an epoch replaces every random "
+            f"initial key; set method.queue_size to choose another"
+        )
+        return self.model_copy(update={"queue_size": fitted}), note
 
     def check(self, experiment: ExperimentSections) -> None:
         super().check(experiment)

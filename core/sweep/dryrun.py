@@ -133,6 +133,20 @@ def cost_estimate(
     return text
 
 
+def _fitted_notes(trials: Sequence[Trial], split_sizes: Mapping[str, SplitSizes]) -> list[str]:
+    """What the trials will fit to their training split (MoCo's queue), per trial."""
+    notes = []
+    for trial in trials:
+        sizes = split_sizes.get(trial.trial_id)
+        if sizes is None or not sizes.scanned:
+            continue
+        cfg = trial.config
+        _, note = cfg.method.fitted_to(sizes.train, cfg.train.batch_size)
+        if note:
+            notes.append(f"{trial.trial_id}: {note}")
+    return notes
+
+
 def print_grid_dry_run(
     request: SweepRequest,
     source: Any,
@@ -148,6 +162,8 @@ def print_grid_dry_run(
             print(f"# --- trial {trial.trial_id}", file=stream)
             print(trial.config.to_yaml(), file=stream)
     print(trial_table(trials, split_sizes, resources), file=stream)
+    for note in dict.fromkeys(_fitted_notes(trials, split_sizes)):
+        print(f"note: {note}", file=stream)
     print(f"\n{len(trials)} trials from {source} (preset {request.preset})", file=stream)
     print("train/val/test: clips per split, from the dataset's listing", file=stream)
     print(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,6 +82,11 @@ def set_up(cfg: ExperimentConfig, context: TrialContext) -> TrialParts:
         keep_freed_pages()  # every batch reuses the last one's pages (see core.memory)
     seed_everything(cfg.train.seed)  # same init on every rank; DDP broadcasts it anyway
     data = load_trial_data(cfg, progress=context.rank == 0)
+    method_cfg, fitted = cfg.method.fitted_to(len(data.split.train), cfg.train.batch_size)
+    if fitted:
+        cfg = cfg.model_copy(update={"method": method_cfg})  # what the trial logs and runs
+        if context.rank == 0:
+            print(f"note: {fitted}", file=sys.stderr, flush=True)
     sample_rate = cfg.data.sample_rate
     frontend = build_frontend(cfg.frontend, sample_rate).to(device)
     views = type(cfg.method).views
