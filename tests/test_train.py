@@ -408,29 +408,39 @@ def quaclrs_fsdd_config(
     return small_config(fsdd_root, cache_dir, store, experiment, **base)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("scored", ["own", "evaluation_head"])
-def test_early_stopping_and_plateau_act_every_epoch_between_test_evaluations(
-    scored, fsdd_root, cache_dir, mlflow_store, tmp_path, monkeypatch
-):
+def script_validation(
+    monkeypatch: pytest.MonkeyPatch, val_top1: list[float]
+) -> list[tuple[tuple[str, ...], float]]:
+    """Run the real evaluation every epoch but replace its val_top1 by ``val_top1`` in
+    turn, so that early stopping and the plateau schedule act on known epochs (a 38-clip
+    validation speaker at one training step per epoch moves by chance). Returns, per
+    evaluation, the splits scored and the sum of the encoder's weights it scored."""
     import core.train.loop
-    from core.train import train
 
-    # The real evaluation runs every epoch; only its val_top1 is replaced by a script, so
-    # the stop and the learning-rate cuts fall on known epochs (a 38-clip validation
-    # speaker at one training step per epoch moves by chance).
-    script = iter([0.5, 0.6, 0.6, 0.55, 0.9])
-    scored_splits: list[tuple[str, ...]] = []
+    script = iter(val_top1)
+    scored: list[tuple[tuple[str, ...], float]] = []
     real_evaluate = core.train.loop.evaluate_method
 
-    def scripted(*args, **kwargs):
-        results = real_evaluate(*args, **kwargs)
-        scored_splits.append(tuple(results))
+    def scripted(method, *args, **kwargs):
+        weights = sum(float(p.detach().double().sum()) for p in method.encoder.parameters())
+        results = real_evaluate(method, *args, **kwargs)
+        scored.append((tuple(results), weights))
         if "val" in results:
             results["val"].top1 = next(script)
         return results
 
     monkeypatch.setattr(core.train.loop, "evaluate_method", scripted)
+    return scored
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scored", ["own", "evaluation_head"])
+def test_early_stopping_and_plateau_act_every_epoch_between_test_evaluations(
+    scored, fsdd_root, cache_dir, mlflow_store, tmp_path, monkeypatch
+):
+    from core.train import train
+
+    evaluations = script_validation(monkeypatch, [0.5, 0.6, 0.6, 0.55, 0.9])
     cfg, who = quaclrs_fsdd_config(
         fsdd_root,
         cache_dir,
@@ -452,7 +462,7 @@ def test_early_stopping_and_plateau_act_every_epoch_between_test_evaluations(
     assert [m["val_top1"] for m in reports.metrics] == [0.5, 0.6, 0.6, 0.55]
     assert all("val_weighted_f1" in m for m in reports.metrics)
     # Validation alone each epoch; the epoch that ended the trial was also tested.
-    assert scored_splits == [("val",)] * 4 + [("test",)]
+    assert [splits for splits, _ in evaluations] == [("val",)] * 4 + [("test",)]
     assert ["test_top1" in m for m in reports.metrics] == [False, False, False, True]
     assert 0.0 <= reports.metrics[-1]["test_top1"] <= 1.0
     # The plateau schedule (patience 0) cut the rate after epoch 2's stall, in the run.
@@ -467,22 +477,9 @@ def test_early_stopping_scores_the_weights_of_the_best_validation_epoch(
     validation peaks at epoch 1 and stops after epoch 3 is scored on the test split with
     epoch 1's weights, not the last ones; ``scored_epoch`` says so, and each epoch's own
     validation score stays in the history."""
-    import core.train.loop
     from core.train import train
 
-    script = iter([0.5, 0.9, 0.6, 0.55])
-    scored: list[tuple[tuple[str, ...], float]] = []  # (splits, the encoder's weights)
-    real_evaluate = core.train.loop.evaluate_method
-
-    def scripted(method, *args, **kwargs):
-        weights = sum(float(p.detach().double().sum()) for p in method.encoder.parameters())
-        results = real_evaluate(method, *args, **kwargs)
-        scored.append((tuple(results), weights))
-        if "val" in results:
-            results["val"].top1 = next(script)
-        return results
-
-    monkeypatch.setattr(core.train.loop, "evaluate_method", scripted)
+    scored = script_validation(monkeypatch, [0.5, 0.9, 0.6, 0.55])
     cfg, who = quaclrs_fsdd_config(
         fsdd_root,
         cache_dir,
