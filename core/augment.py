@@ -1,7 +1,9 @@
 """Batched signal and spectrogram augmentations, on the batch's device, by short code.
 
-CLAR (section 3.4) applies six augmentations to the raw signal of each view; QUACLRS
-(section 4.5) adds fixed-setting variants and two spectrogram augmentations. Every trial
+CLAR (section 3.4) applies six augmentations to the raw signal of each view, with CLAR's
+ranges; QUACLRS (section 4.5) has its own settings (stretch 0.8/1.2, +-2 semitones, noise at
+5/15 dB), as fixed codes for its one-augmentation tables and as codes that draw one of its
+settings per clip for its SSL grids, and two spectrogram augmentations. Every trial
 of every sweep runs these on every batch, so each one is a pure function on a whole batch
 ``(B, T)`` that draws its random parameters PER SAMPLE from a ``torch.Generator`` living on
 the batch's device: a seeded generator reproduces the batch exactly, and no sample of a
@@ -23,6 +25,9 @@ Signal codes (what search spaces write):
 ``PS-2``    QUACLRS fixed pitch shift, -2 semitones
 ``WN5``     QUACLRS Gaussian noise at exactly 5 dB SNR
 ``WN15``    QUACLRS Gaussian noise at exactly 15 dB SNR
+``TSTQ``    QUACLRS time stretch, rate 0.8 or 1.2 drawn per clip
+``PSQ``     QUACLRS pitch shift, +2 or -2 semitones drawn per clip
+``WNQ``     QUACLRS Gaussian noise, 5 or 15 dB SNR drawn per clip
 ``MIX``     mixup with another clip of the batch, weight uniform in [0, ``mix_max``]
 ==========  ==========================================================================
 
@@ -42,9 +47,10 @@ Spectrogram codes (run after the front end, on ``(B, C, F, frames)``):
 
 Views: fixed-setting codes (``TST0.8``, ``TST1.2``, ``PS+2``, ``PS-2``, ``SA0``-``PA2``)
 and the empty pipeline transform a clip the same way every time, so both views of a
-contrastive pair would be identical. :func:`build_view_augment` then puts a random base
-(``TS`` then ``FD``, drawn per view) under them, as QUACLRS ablates an augmentation on
-top of a random base; ``augment.view_base`` overrides it.
+contrastive pair would be identical; ``TSTQ`` then ``PSQ`` alone make one pair in four
+identical. :func:`build_view_augment` then puts a random base (``TS`` then ``FD``, drawn
+per view) under them, as QUACLRS ablates an augmentation on top of a random base;
+``augment.view_base`` overrides it.
 
 This module holds the pipelines that apply them by code; the kernels themselves are pure
 functions in :mod:`core.augment_signal` (signal codes) and :mod:`core.augment_spec`

@@ -21,6 +21,12 @@ from core.vocoder import pitch_shift_batch, time_stretch_batch
 
 SignalAugmentation = Callable[[Tensor, torch.Generator, AugmentConfig, int], Tensor]
 
+# QUACLRS 4.5's settings: "rates of 0.8x and 1.2x", "+-2 semitones", "SNR levels (5dB and
+# 15dB)". Its fixed codes (TST0.8, PS+2, WN5, ...) use one each; TSTQ/PSQ/WNQ draw one.
+QUACLRS_STRETCH_RATES = (0.8, 1.2)
+QUACLRS_SEMITONES = (-2.0, 2.0)
+QUACLRS_SNR_DB = (5.0, 15.0)
+
 
 # --- random draws ----------------------------------------------------------------------
 def _uniform(generator: torch.Generator, size: int, low: float, high: float, x: Tensor) -> Tensor:
@@ -362,3 +368,41 @@ def _fixed_pitch(semitones: int) -> SignalAugmentation:
 
 pitch_shift_up_2 = _fixed_pitch(2)  # PS+2
 pitch_shift_down_2 = _fixed_pitch(-2)  # PS-2
+
+
+# --- TSTQ / PSQ / WNQ: QUACLRS's settings, one drawn per clip ------------------------------
+def _choice(
+    generator: torch.Generator, batch: int, settings: tuple[float, ...], x: Tensor
+) -> Tensor:
+    """One of ``settings`` per clip, uniformly (float, on ``x``'s device)."""
+    index = torch.randint(0, len(settings), (batch,), generator=generator, device=x.device)
+    return torch.tensor(settings, device=x.device, dtype=torch.float32)[index]
+
+
+def quaclrs_time_stretch(
+    x: Tensor, generator: torch.Generator, cfg: AugmentConfig, sample_rate: int
+) -> Tensor:
+    """TSTQ: time stretch at QUACLRS's rates, 0.8 or 1.2 per clip (QUACLRS 4.5), so that
+    the two views of a pair can differ where ``TST0.8``/``TST1.2`` alone never do."""
+    _check_batch(x, "TSTQ")
+    rates = _choice(generator, x.shape[0], QUACLRS_STRETCH_RATES, x)
+    return time_stretch_batch(x, rates, cfg.vocoder_n_fft)
+
+
+def quaclrs_pitch_shift(
+    x: Tensor, generator: torch.Generator, cfg: AugmentConfig, sample_rate: int
+) -> Tensor:
+    """PSQ: pitch shift by +2 or -2 semitones per clip (QUACLRS 4.5)."""
+    _check_batch(x, "PSQ")
+    steps = _choice(generator, x.shape[0], QUACLRS_SEMITONES, x).long()
+    return pitch_shift_batch(x, steps, cfg.vocoder_n_fft)
+
+
+def quaclrs_noise(
+    x: Tensor, generator: torch.Generator, cfg: AugmentConfig, sample_rate: int
+) -> Tensor:
+    """WNQ: white Gaussian noise at 5 or 15 dB SNR per clip (QUACLRS 4.5)."""
+    _check_batch(x, "WNQ")
+    snr = _choice(generator, x.shape[0], QUACLRS_SNR_DB, x)
+    noise = torch.randn(x.shape, generator=generator, device=x.device)
+    return add_noise_at_snr(x, noise, snr)

@@ -87,6 +87,9 @@ SIGNAL_AUGMENTATIONS = LazyRegistry(
         "PS-2": "core.augment_signal:pitch_shift_down_2",
         "WN5": "core.augment_signal:white_noise_5db",
         "WN15": "core.augment_signal:white_noise_15db",
+        "TSTQ": "core.augment_signal:quaclrs_time_stretch",
+        "PSQ": "core.augment_signal:quaclrs_pitch_shift",
+        "WNQ": "core.augment_signal:quaclrs_noise",
         "MIX": "core.augment_signal:mixup",
     },
 )
@@ -115,6 +118,11 @@ SPEC_AUGMENTATIONS = LazyRegistry(
 DETERMINISTIC_CODES: frozenset[str] = frozenset(
     {"TST0.8", "TST1.2", "PS+2", "PS-2", "SA0", "SA1", "SA2", "PA0", "PA1", "PA2"}
 )
+
+# Codes that draw one of a few fixed settings per clip (QUACLRS's 0.8/1.2 stretch, +-2
+# semitones): two views of a clip made only of these (and of the codes above) coincide
+# often (1 in 4 pairs for TSTQ then PSQ), so they get the random base too.
+FEW_SETTINGS_CODES: frozenset[str] = frozenset({"TSTQ", "PSQ"})
 
 # The base each view gets when its ablated codes alone would not tell the views apart:
 # circular time shift then fade, both cheap, label-preserving and random per clip.

@@ -67,10 +67,19 @@ class AugmentConfig(Section):
             return True
         return all(code in registry.DETERMINISTIC_CODES for code in codes)
 
+    def views_can_coincide(self) -> bool:
+        """Whether two views of one clip can come out identical from the ablated codes
+        alone: they are deterministic, or each code draws among a few fixed settings
+        (``registry.FEW_SETTINGS_CODES``: QUACLRS's 0.8/1.2 stretch, +-2 semitones)."""
+        if self.views_are_deterministic():
+            return True
+        few = registry.DETERMINISTIC_CODES | registry.FEW_SETTINGS_CODES
+        return all(code in few for code in [*self.pipeline, *self.spec_pipeline])
+
     def resolved_view_base(self, views: int = 2) -> list[str]:
         """The base codes each view actually gets, ``view_base`` with None resolved: the
         random base only where two views (``views``, the method's count) would otherwise
-        be identical; one view (supervised training) gets none unless ``view_base`` names
+        be identical or could often be (:meth:`views_can_coincide`); one view (supervised training) gets none unless ``view_base`` names
         one.
 
         Torch-free, so a dry run can show what a trial will train on.
@@ -79,7 +88,7 @@ class AugmentConfig(Section):
             return list(self.view_base)
         if views < 2:
             return []
-        return list(registry.DEFAULT_VIEW_BASE) if self.views_are_deterministic() else []
+        return list(registry.DEFAULT_VIEW_BASE) if self.views_can_coincide() else []
 
     @field_validator("spec_pipeline")
     @classmethod
@@ -224,9 +233,7 @@ class ModelConfig(Section):
                 f"exist for {', '.join(IMAGENET_CHECKPOINTS)}"
             )
         if self.pretrained is not None:
-            raise ValueError(
-                "model.weights='imagenet' and model.pretrained are both set; keep one"
-            )
+            raise ValueError("model.weights='imagenet' and model.pretrained are both set; keep one")
         if self.encoder == "resnet18" and self.width != 64:
             raise ValueError(
                 f"model.weights='imagenet' for resnet18 needs model.width=64 (torchvision's "

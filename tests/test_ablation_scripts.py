@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import importlib
+import re
 from pathlib import Path
 from typing import Any
 
@@ -164,6 +165,34 @@ def test_quaclrs_ssl_tables_train_in_fp16_with_a_grad_scaler(
     argv = ["--preset", "paper", "--no-controls", "--show-config"]
     ids, out = _dry_run_output(script, capsys, *argv, "--set", f"data.extra_root={sirennet}")
     assert ids and out.count("amp: fp16") == len(ids)
+
+
+# QUACLRS 4.5's augmentations (its settings), the random view base in parentheses, and
+# the empty pipeline; CLAR's TST and PS (stretch 0.5-1.5, +-15 semitones) are not among them.
+QUACLRS_CODES = {"TST0.8", "TST1.2", "TSTQ", "PS+2", "PS-2", "PSQ", "WN5", "WN15", "WNQ",
+                 "MIX", "SA", "SA0", "SA1", "SA2", "PA", "PA0", "PA1", "PA2"}  # fmt: skip
+
+
+@pytest.mark.parametrize("preset", ["quick", "paper"])
+@pytest.mark.parametrize("script", QUACLRS_SCRIPTS)
+def test_every_quaclrs_grid_trains_on_quaclrs_augmentation_codes(
+    script: str, preset: str, capsys, tmp_path: Path
+) -> None:
+    """Each view of every QUACLRS trial gets QUACLRS's codes (after its random base, shown
+    in parentheses); the backbone tables get no augmentation at all."""
+    argv = ["--preset", preset, "--no-controls"]
+    if preset == "paper":
+        argv += ["--set", f"data.extra_root={_sirennet_folder(tmp_path / 'sirennet')}"]
+    _, out = _dry_run_output(script, capsys, *argv)
+    shown = _augment_column(out)
+    assert shown
+    for trial_id, augment in shown.items():
+        if script == "run_backbones":
+            assert augment == "(none)", trial_id
+            continue
+        ablated = re.sub(r"^\([^)]*\)>?", "", augment)  # the base, in parentheses
+        codes = [c for part in ablated.split("|") for c in part.split(">") if c]
+        assert set(codes) <= QUACLRS_CODES, f"{trial_id}: {augment}"
 
 
 @pytest.mark.parametrize("script", QUACLRS_SCRIPTS)

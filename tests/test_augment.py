@@ -29,6 +29,8 @@ SR = 16_000
 # Fixed-setting variants apply the same transform to every clip (no random parameter), so
 # identical clips stay identical under them.
 DETERMINISTIC_CODES = {"TST0.8", "TST1.2", "PS+2", "PS-2"}
+# QUACLRS's two-setting codes: one of two fixed transforms per clip.
+FEW_SETTINGS_CODES = {"TSTQ", "PSQ"}
 
 
 @pytest.fixture(scope="session")
@@ -80,6 +82,8 @@ def test_shape_dtype_determinism_and_per_sample_parameters(code: str, speech: to
     distinct = {tuple(row[::97].tolist()) for row in copies}
     if code in DETERMINISTIC_CODES:
         assert len(distinct) == 1
+    elif code in FEW_SETTINGS_CODES:
+        assert len(distinct) == 2, f"{code} draws one of two settings per clip"
     else:
         assert len(distinct) >= 5, f"{code} drew the same parameters for several samples"
 
@@ -388,3 +392,31 @@ def test_unknown_codes_are_rejected_with_the_valid_ones_named():
         ExperimentConfig.from_dict({"augment": {"pipeline": ["FD", "XX"]}})
     with pytest.raises(ConfigError, match="stretch_rates"):
         ExperimentConfig.from_dict({"augment": {"stretch_rates": [1.5, 0.5]}})
+
+
+# --- TSTQ / PSQ / WNQ: QUACLRS's settings drawn per clip ---------------------------------
+@pytest.mark.parametrize(
+    ("code", "settings"), [("TSTQ", ("TST0.8", "TST1.2")), ("PSQ", ("PS+2", "PS-2"))]
+)
+def test_quaclrs_choice_codes_apply_exactly_one_of_quaclrs_settings_per_clip(
+    code: str, settings: tuple[str, str], speech: torch.Tensor
+):
+    """Each clip gets QUACLRS 4.5's transform at one of its two settings, never CLAR's
+    ranges: row by row the output equals one of the two fixed codes' outputs."""
+    cfg = AugmentConfig()
+    out = SIGNAL_AUGMENTATIONS[code](speech, _gen(4), cfg, SR)
+    fixed = [SIGNAL_AUGMENTATIONS[name](speech, _gen(0), cfg, SR) for name in settings]
+    used = set()
+    for row in range(speech.shape[0]):
+        matches = [i for i, ref in enumerate(fixed) if torch.allclose(out[row], ref[row], atol=1e-5)]
+        assert len(matches) == 1, f"{code} row {row} is neither {settings[0]} nor {settings[1]}"
+        used.add(matches[0])
+    assert used == {0, 1}, f"{code} drew only one of its settings over six clips"
+
+
+def test_quaclrs_noise_is_at_5_or_15_db(speech: torch.Tensor):
+    out = SIGNAL_AUGMENTATIONS["WNQ"](speech, _gen(7), AugmentConfig(), SR)
+    noise = out - speech
+    snr = 10 * torch.log10(speech.pow(2).mean(dim=1) / noise.pow(2).mean(dim=1))
+    nearest = torch.where((snr - 5).abs() < (snr - 15).abs(), 5.0, 15.0)
+    assert torch.allclose(snr, nearest, atol=0.5) and set(nearest.tolist()) == {5.0, 15.0}

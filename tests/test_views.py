@@ -109,6 +109,16 @@ def test_the_default_base_goes_only_under_deterministic_views():
     assert AugmentConfig(view_base=[]).resolved_view_base() == []
 
 
+def test_quaclrs_two_setting_codes_get_the_base_unless_a_random_code_joins_them():
+    """TSTQ then PSQ alone make one pair in four identical: the base goes under them; with
+    SpecAugment's random masks (or noise) the views always differ and no base is added."""
+    base = list(DEFAULT_VIEW_BASE)
+    assert AugmentConfig(pipeline=["TSTQ", "PSQ"]).resolved_view_base() == base
+    assert AugmentConfig(pipeline=["TSTQ", "PS+2"]).resolved_view_base() == base
+    assert AugmentConfig(pipeline=["TSTQ", "PSQ"], spec_pipeline=["SA"]).resolved_view_base() == []
+    assert AugmentConfig(pipeline=["TSTQ", "WNQ"]).resolved_view_base() == []
+
+
 def test_one_view_gets_exactly_its_pipeline_and_no_base(clips: torch.Tensor):
     """Supervised training sees one view of each clip, so there is no pair to tell apart:
     it gets the augmentation its config names and nothing else (no hidden time shift and
