@@ -199,15 +199,19 @@ def test_every_quaclrs_grid_trains_on_quaclrs_augmentation_codes(
 def test_a_quaclrs_paper_dry_run_without_sirennet_says_where_to_put_it(
     script: str, capsys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """sireNNet cannot be downloaded: without it the paper preset's dry run exits 2 before
-    anything else, naming the folder it looked in, where to get it, and the 10-class
+    """sireNNet cannot be downloaded: without it the paper preset's dry run lists its
+    trials (on 13 classes) and exits 2 before anything else runs, naming the folder it looked in, where to get it, and the 10-class
     fallback that is not the paper's class set."""
     monkeypatch.setenv("CLARLAB_DATA", str(tmp_path))
     (tmp_path / "sirennet").mkdir()
     (tmp_path / "sirennet" / "Ambulance").mkdir()  # found, but not the published layout
     code = _main(script)(["--dry-run", "--preset", "paper", "--no-controls"])
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert code == 2, err
+    # What would run is listed first: the 13-class dataset, its classes, each view's codes.
+    rows = [line.split() for line in out.splitlines()]
+    rows = [row for row in rows if len(row) > 10 and row[0].isdigit()]
+    assert rows and all(row[7:9] == ["urbansound8k_sirennet", "13"] for row in rows)
     assert str(tmp_path / "sirennet") in err and "found folders: ['Ambulance']" in err
     assert "--set data.dataset=urbansound8k" in err and "not the paper's" in err
 

@@ -55,7 +55,7 @@ def test_full_matrix_dry_run_lists_72_trials(capsys: pytest.CaptureFixture[str])
     assert main(["--dry-run", "--preset", "quick"]) == EXIT_OK
     out = capsys.readouterr().out
     rows = [line.split() for line in out.splitlines() if line[:3].strip().isdigit()]
-    rows = [row for row in rows if len(row) == 14]  # the table, not the summary lines
+    rows = [row for row in rows if len(row) == 15]  # the table, not the summary lines
     assert len(rows) == 76
     # After the 72 cells, per front end the untrained-encoder control and the supervised
     # reference, with the same encoder and budget.
@@ -80,7 +80,8 @@ def test_full_matrix_dry_run_lists_72_trials(capsys: pytest.CaptureFixture[str])
     assert {row[6] for row in rows} == {"0.5"}  # SimCLR's published temperature
     # FSDD's official split, scanned from the folder: 300 training clips (max_clips), and
     # the whole official test split, which max_clips never subsamples.
-    assert {row[9] for row in rows} == {"300/0/300"}
+    assert {row[10] for row in rows} == {"300/0/300"}
+    assert {row[8] for row in rows} == {"10"}  # ten digits, from the scanned listing
     assert "76 trials" in out and "in-process loop" in out
     # --no-controls leaves the 72 cells; --seeds 2 doubles everything.
     assert main(["--dry-run", "--no-controls"]) == EXIT_OK

@@ -144,6 +144,15 @@ class DatasetSpec:
     extra_scan: ExtraScanner | None = None
     extra_check: Callable[[Path], object] | None = None
     extra_fallback: str = ""
+    # The classes of the default label field where they are fixed by the dataset's own
+    # definition, so that a dry run can show them before the data is on disk.
+    class_names: tuple[str, ...] = ()
+
+    def num_classes(self, label_field: str | None) -> int | None:
+        """Classes of ``label_field`` known without scanning (None where unknown)."""
+        if self.class_names and self.label_field(label_field) == self.label_fields[0]:
+            return len(self.class_names)
+        return None
 
     def list_clips(self, root: Path, label_field: str | None, extra_root: Path | None) -> Listing:
         """The listing, reading ``extra_root`` too for a dataset merged from two folders."""

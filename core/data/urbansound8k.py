@@ -65,4 +65,5 @@ SPEC = DatasetSpec(
     label_fields=("class",),
     num_folds=10,
     marker="metadata/UrbanSound8K.csv",
+    class_names=tuple(CLASS_NAMES),
 )

@@ -142,5 +142,6 @@ SPEC = DatasetSpec(
     extra_source=SIRENNET_SOURCE,
     extra_check=_sirennet,
     extra_fallback=FALLBACK,
+    class_names=tuple(CLASS_NAMES),
     extra_scan=scan_merged,
 )

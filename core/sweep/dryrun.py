@@ -20,7 +20,8 @@ _COLUMNS = (
     ("encoder", 12, "<"),
     ("method", 12, "<"),
     ("tau", 5, ">"),
-    ("dataset", 18, "<"),
+    ("dataset", 21, "<"),
+    ("classes", 7, ">"),
     ("rate", 6, ">"),
     ("train/val/test", 14, ">"),
     ("batch", 5, ">"),
@@ -35,6 +36,17 @@ def _row(values: Sequence[Any]) -> str:
         f"{str(value):{align}{width}}"
         for value, (_, width, align) in zip(values, _COLUMNS, strict=True)
     )
+
+
+def _known_classes(data: Any) -> int | None:
+    """The classes a dataset's definition fixes (QUACLRS's 13), for a trial whose data is
+    not scanned (to be downloaded, or missing)."""
+    from core.data import DatasetError, get_spec
+
+    try:
+        return get_spec(data.dataset).num_classes(data.label_field)
+    except DatasetError:
+        return None
 
 
 def trial_table(
@@ -56,6 +68,7 @@ def trial_table(
             augment += "|" + ">".join(cfg.augment.spec_pipeline)
         tau = cfg.method.temperature_shown
         sizes = split_sizes.get(trial.trial_id)
+        classes = sizes.classes if sizes and sizes.classes else _known_classes(cfg.data)
         lines.append(
             _row(
                 [
@@ -67,6 +80,7 @@ def trial_table(
                     cfg.method.name,
                     "-" if tau is None else f"{tau:g}",
                     cfg.data.dataset,
+                    classes or "?",
                     cfg.data.sample_rate,
                     sizes.describe() if sizes else "?",
                     cfg.train.batch_size,

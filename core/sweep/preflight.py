@@ -34,6 +34,7 @@ class SplitSizes:
     test: int
     labelled: int
     scanned: bool = True  # False: the dataset would be downloaded first, sizes unknown
+    classes: int | None = None  # classes in the listing (None: not scanned)
 
     def describe(self) -> str:
         if not self.scanned:
@@ -115,6 +116,7 @@ def check_trials(trials: Sequence[Trial]) -> dict[str, SplitSizes]:
             val=len(split.val),
             test=len(split.test),
             labelled=int(split.labeled.size),
+            classes=len(listing.class_names),
         )
         if len(split.train) < train.batch_size:
             raise PreflightError(

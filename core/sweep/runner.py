@@ -34,7 +34,7 @@ from core.sweep.grid_plan import (
     prepare_grid,
 )
 from core.sweep.outcome import SweepOutcome
-from core.sweep.preflight import check_trials
+from core.sweep.preflight import PreflightError, check_trials
 from core.sweep.progress import SweepProgress
 from core.sweep.request import SweepRequest
 from core.sweep.resources import local_resources, replan
@@ -76,7 +76,12 @@ def run_sweep(request: SweepRequest, stream: TextIO | None = None) -> SweepOutco
         if not request.address:  # a local cluster: refuse what it can never hold, now
             resources = replan(resources, local_resources(request.num_cpus))
         check_sweep_disk(results_dir, request.storage_path)  # before anything is written
-    sizes = check_trials(plan.checked_trials())
+    try:
+        sizes = check_trials(plan.checked_trials())
+    except PreflightError:
+        if request.dry_run:  # show what would run (dataset, classes, views), then the error
+            plan.print_dry_run(request, {}, local_resources(request.num_cpus), stream)
+        raise
     plan.check_metric(sizes)
     if request.dry_run:
         plan.print_dry_run(request, sizes, local_resources(request.num_cpus), stream)
