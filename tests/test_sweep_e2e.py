@@ -48,7 +48,16 @@ def finished_sweep(
     ray_cluster, fsdd_root: Path, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ):
     results = tmp_path_factory.mktemp("sweep-results")
+    # The shipped matrix with one named departure from its preset's batch, which the tiny
+    # override takes: the report and the parent run must say so.
+    space = results / "aug_matrix_deviating.yaml"
+    space.write_text(
+        (ROOT / "search_spaces" / "aug_matrix.yaml").read_text()
+        + "\ndeviations:\n  - {preset: quick, field: train.batch_size, paper: 32,"
+        + " why: 'a tiny test batch'}\n"
+    )
     request = SweepRequest(
+        space=str(space),
         preset="quick",
         overrides=_tiny(fsdd_root, cache_dir),
         axis_values={"augment.pipeline": ["PS", "FD"]},
@@ -108,6 +117,11 @@ def test_sub_matrix_runs_and_reports_to_mlflow(finished_sweep, tmp_path: Path) -
         assert parent.data.metrics[f"test_top1_mean_{panel}"] == pytest.approx(cell.mean())
     with (local / "trials.csv").open() as handle:
         assert len(list(csv.DictReader(handle))) == 8
+    # The departure from the paper is in the summary, the report folder and a parent tag.
+    departure = "train.batch_size=8 (the paper: 32): a tiny test batch"
+    assert "DEVIATES FROM THE PAPER" in outcome.summary and departure in outcome.summary
+    assert departure in (local / "deviations.txt").read_text()
+    assert tags["clarlab.deviations"] == departure
 
     # The report can be rebuilt later without Ray.
     again = run_sweep(

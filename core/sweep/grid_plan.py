@@ -13,11 +13,19 @@ from typing import Any, TextIO
 from ray import tune
 
 from core.cells import CELL, FAILED, FINISHED
+from core.fold_report import FIGURES_FOLDER, write_fold_roc
 from core.metrics import reported_metrics, unknown_metric
 from core.report import write_report
 from core.sweep.design import expand_trials
+from core.sweep.deviations import (
+    DEVIATIONS_TAG,
+    deviation_lines,
+    deviation_notes,
+    write_deviations,
+)
 from core.sweep.dryrun import print_grid_dry_run
 from core.sweep.errors import GridError
+from core.sweep.fold_figures import attach_fold_figures
 from core.sweep.grid import GridSpace, load_grid, restrict_axes
 from core.sweep.halving import check_halving, describe_halving, halving_scheduler
 from core.sweep.outcome import PRESET_NOTES, SweepOutcome, closing_lines
@@ -40,6 +48,7 @@ class GridPlan:
     resources: Resources
     seeds: int
     kind: str = "grid"
+    deviations: tuple[str, ...] = ()  # departures from the paper (core.sweep.deviations)
 
     @property
     def file(self) -> Any:
@@ -77,6 +86,8 @@ class GridPlan:
         print_grid_dry_run(
             request, self.space.source, self.trials, self.resources, sizes, here, stream
         )
+        for line in self.deviations:
+            print(f"deviation from the paper: {line}", file=stream)
 
     def run_name_stem(self, preset: str | None) -> str:
         return f"{self.space.ablation}-{preset or 'base'}"
@@ -98,6 +109,7 @@ class GridPlan:
             panels=list(dict.fromkeys(trial.panel for trial in self.trials)),
             seeds=self.seeds,
             report=space.report.to_dict() if space.report else None,
+            deviations=list(self.deviations),
         )
 
     def announce(self, resources: Resources) -> str:
@@ -120,7 +132,15 @@ def prepare_grid(request: SweepRequest) -> GridPlan:
     )
     if request.scheduler == "asha":
         check_halving(trials)  # one budget for all cells, before Ray
-    return GridPlan(space, trials, resources_for(request, trials[0].config.train), seeds)
+    deviations = deviation_notes(
+        space.file.deviations,
+        request.preset,
+        space.file.lower_layers(request.preset),
+        request.overrides,
+        [trial.config for trial in trials],
+    )
+    resources = resources_for(request, trials[0].config.train)
+    return GridPlan(space, trials, resources, seeds, deviations=tuple(deviations))
 
 
 def grid_tune_run(state: SweepState, request: SweepRequest) -> dict[str, Any]:
@@ -148,9 +168,7 @@ def grid_tune_run(state: SweepState, request: SweepRequest) -> dict[str, Any]:
     }
 
 
-def grid_resume_request(
-    state: SweepState, request: SweepRequest, stream: TextIO
-) -> SweepRequest:
+def grid_resume_request(state: SweepState, request: SweepRequest, stream: TextIO) -> SweepRequest:
     """The request for a resume: with ``retry_failed`` set when trials failed because the
     MLflow server could not be reached. They did not fail on their own, and a resume
     after the server is back should finish them; Tune reruns all failed trials or none,
@@ -188,6 +206,7 @@ def finish_grid(
     grid = state.grid
     assert grid is not None
     records = collect_records(state.experiment_path, grid.trials)
+    notes = [PRESET_NOTES.get(state.preset or ""), *deviation_lines(grid.deviations)]
     report = write_report(
         records,
         run_dir / "report",
@@ -196,9 +215,12 @@ def finish_grid(
         metric=state.metric,
         mode=state.mode,
         name=state.ablation,
-        note=PRESET_NOTES.get(state.preset or ""),
+        note="\n".join(note for note in notes if note) or None,
         table=grid.report,
     )
+    if grid.deviations:
+        report.files.append(write_deviations(grid.deviations, run_dir / "report"))
+    fold_files = write_fold_roc(records, run_dir / FIGURES_FOLDER)
     parent = ParentRun(state.tracking_uri, state.parent_run_id, state.identity.experiment)
     outcome = SweepOutcome(
         kind="grid",
@@ -219,6 +241,9 @@ def finish_grid(
 
     def attach(run: ParentRun) -> None:
         run.log_files(report.files)
+        attach_fold_figures(run, records, run_dir / FIGURES_FOLDER, fold_files)
+        if grid.deviations:
+            run.set_tags({DEVIATIONS_TAG: "; ".join(grid.deviations)[:5000]})
         _log_headline_metrics(run, state.metric, report)
         if set_status:
             run.finish("FINISHED" if outcome.ended and not outcome.unreachable_failed else "KILLED")

@@ -123,6 +123,10 @@ def check_trials(trials: Sequence[Trial]) -> dict[str, SplitSizes]:
                 f"{where}: train.batch_size={train.batch_size} is larger than the training "
                 f"split ({len(split.train)} clips of {data.dataset!r} with data.max_clips="
                 f"{data.max_clips}, split_scheme={data.split_scheme!r}); lower "
-                f"train.batch_size (--set train.batch_size=...) or raise data.max_clips"
+                f"train.batch_size for this dataset alone in the space file "
+                f"(presets.<preset>.datasets.{data.dataset}.train.batch_size, as features.yaml "
+                f"does for ESC-10 and ESC-50: CLAR reduced 1024 to 512 where it did not fit; "
+                f"name a value below the paper's under deviations:), or for every trial with "
+                f"--set train.batch_size=..., or raise data.max_clips"
             )
     return sizes

@@ -24,6 +24,7 @@ import yaml
 from core.config import PER_DATASET_KEY, known_fields
 from core.dotted import flatten, nest
 from core.presets import PRESETS
+from core.sweep.deviations import DEVIATIONS_KEY, DeclaredDeviation, parse_deviations
 from core.sweep.errors import SweepError
 
 SHARED_KEYS = ("ablation", "description", "metric", "mode", "base", "presets")
@@ -49,6 +50,8 @@ class SpaceFile:
     mode: str  # "max" or "min" of ``metric``
     base: Mapping[str, Any]
     presets: Mapping[str, Mapping[str, Any]]
+    # Named departures from the paper (core.sweep.deviations), per preset.
+    deviations: tuple[DeclaredDeviation, ...] = ()
 
     def lower_layers(self, preset: str | None) -> list[Mapping[str, Any]]:
         """The layers under every grid cell or sample: the preset, the base, and the
@@ -76,7 +79,7 @@ def read_space_file(name_or_path: str | Path) -> tuple[Path, Mapping[str, Any]]:
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         problem = getattr(error, "problem", None) or str(error)
         raise SweepError(f"{where}: not valid YAML: {problem}") from None
-    valid = (*SHARED_KEYS, GRID_KEY, SEARCH_KEY, "report")
+    valid = (*SHARED_KEYS, GRID_KEY, SEARCH_KEY, "report", DEVIATIONS_KEY)
     if not isinstance(raw, Mapping):
         raise SweepError(f"{path}: expected a mapping with keys {', '.join(valid)}")
     unknown = sorted(set(raw) - set(valid))
@@ -126,6 +129,7 @@ def parse_space_file(path: Path, raw: Mapping[str, Any]) -> SpaceFile:
         mode=mode,
         base=base,
         presets=presets,
+        deviations=parse_deviations(raw.get(DEVIATIONS_KEY), str(path)),
     )
 
 

@@ -45,6 +45,7 @@ class GridDetails:
     panels: list[str]
     seeds: int
     report: dict[str, Any] | None  # the grid's ReportSpec, as a dict
+    deviations: list[str] = field(default_factory=list)  # departures from the paper
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -53,12 +54,20 @@ class GridDetails:
             "panels": self.panels,
             "seeds": self.seeds,
             "report": self.report,
+            "deviations": self.deviations,
         }
 
     @classmethod
     def from_json(cls, raw: dict[str, Any], source: str) -> GridDetails:
         trials = [Trial.from_json(item, source) for item in raw["trials"]]
-        return cls(trials, raw["matrix_codes"], raw["panels"], raw["seeds"], raw["report"])
+        return cls(
+            trials,
+            raw["matrix_codes"],
+            raw["panels"],
+            raw["seeds"],
+            raw["report"],
+            [str(line) for line in raw.get("deviations") or []],
+        )
 
 
 @dataclass
