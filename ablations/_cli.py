@@ -104,7 +104,9 @@ def _what_flags(what: argparse._ArgumentGroup, space: str, kind: str) -> None:
     what.add_argument(
         "--data-root", help="dataset folder (default: $CLARLAB_DATA/<dataset>)", type=Path
     )
-    what.add_argument("--epochs", type=int, help="training epochs per trial (default: the preset's)")
+    what.add_argument(
+        "--epochs", type=int, help="training epochs per trial (default: the preset's)"
+    )
     what.add_argument("--seed", type=int, help="first training seed of every trial (default: 0)")
     what.add_argument(
         "--set",
@@ -199,7 +201,9 @@ def _resource_flags(where: argparse._ArgumentGroup) -> None:
         "default: start a local Ray",
     )
     where.add_argument(
-        "--num-cpus", type=int, help="CPUs of the local Ray (default: all cores); not with --address"
+        "--num-cpus",
+        type=int,
+        help="CPUs of the local Ray (default: all cores); not with --address",
     )
 
 
@@ -331,6 +335,7 @@ def request_from_args(
         space=args.space,
         preset=args.preset,
         overrides=overrides,
+        recipe=dict(getattr(args, "recipe_settings", [])),
         axis_values=dict(axis_values),
         trial_overrides=trial_overrides,
         seeds=getattr(args, "seeds", None),

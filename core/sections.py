@@ -313,7 +313,7 @@ class TrainConfig(Section):
         """Refuse ``scored_classifier='own'`` for a method without a classifier of its own
         (a contrastive method's projection head does not predict classes). Raises
         ValueError naming the field and the fix."""
-        with_classifier = ("supervised",)  # methods whose Method.classify gives logits
+        with_classifier = ("supervised", "linear_probe")  # their Method.classify gives logits
         if self.scored_classifier == "own" and method_name not in with_classifier:
             raise ValueError(
                 f"train.scored_classifier='own' scores the trained network's own classifier, "

@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from core.sweep.state import SweepState
-from core.tracking import find_trial_runs, tracking_client
+from core.tracking import GRADCAM_ARTIFACT, ROC_ARTIFACT, find_trial_runs, tracking_client
+from tests.images import assert_png_not_blank
 
 
 def approx(expected: float) -> Any:
@@ -30,6 +32,23 @@ SCRIPTS = {
     "run_backbones": "backbones",
     "run_augmentations": "augmentations",
 }
+
+
+@pytest.fixture(autouse=True)
+def imagenet_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
+    """torchvision's cache as a machine with network leaves it, for the dry runs of
+    run_backbones.py's default recipe (QUACLRS Table 2 is ImageNet-pretrained): ImageNet
+    weights cannot be downloaded here, and a dry run only checks that the files exist
+    (empty stand-ins; the real runs below train the from-scratch recipe)."""
+    from core.imagenet import IMAGENET_CHECKPOINTS
+
+    home = tmp_path_factory.getbasetemp() / "torch-home"
+    checkpoints = home / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    for name in IMAGENET_CHECKPOINTS.values():
+        (checkpoints / name).touch()
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    return checkpoints
 
 
 def _main(script: str):
@@ -216,7 +235,43 @@ def test_a_quaclrs_paper_dry_run_without_sirennet_says_where_to_put_it(
     assert "--set data.dataset=urbansound8k" in err and "not the paper's" in err
 
 
+# run_backbones.py's recipes: one per QUACLRS backbone table, Table 2 by default.
+RECIPE_SETTINGS = {
+    "table2": {"weights": "imagenet", "amp": "'off'", "method": "supervised"},
+    "table5": {"weights": "imagenet", "amp": "'off'", "method": "linear_probe"},
+    "table9": {"weights": "random", "amp": "'off'", "method": "supervised"},
+    "table11": {"weights": "imagenet", "amp": "fp16", "method": "supervised"},
+}
+
+
+@pytest.mark.parametrize("recipe", [None, *RECIPE_SETTINGS])
+def test_each_backbone_recipe_is_its_tables_protocol(
+    recipe: str | None, capsys, tmp_path: Path
+) -> None:
+    """Pretrained or not, fine-tuned or linear probe, FP32 or FP16: what each QUACLRS table
+    did, in every trial's config; the default is Table 2. A recipe is the paper's protocol,
+    so the paper preset names no deviation for it."""
+    argv = ["--preset", "paper", "--no-controls", "--show-config", "--folds", "1"]
+    argv += ["--set", f"data.extra_root={_sirennet_folder(tmp_path / 'sirennet')}"]
+    ids, out = _dry_run_output(
+        "run_backbones", capsys, *argv, *(["--recipe", recipe] if recipe else [])
+    )
+    expected = RECIPE_SETTINGS[recipe or "table2"]
+    configs = [yaml.safe_load(block.split("\n", 1)[1].split("\n\n", 1)[0])
+               for block in out.split("# --- trial ")[1:]]  # fmt: skip
+    assert len(configs) == len(ids) == 7
+    for config in configs:
+        assert config["model"]["weights"] == expected["weights"]
+        assert config["train"]["amp"] == expected["amp"].strip("'")
+        assert config["method"]["name"] == expected["method"]
+        assert config["augment"]["pipeline"] == [] and config["augment"]["spec_pipeline"] == []
+        assert config["data"]["dataset"] == "urbansound8k_sirennet"
+    assert f"recipe {recipe or 'table2'}: QUACLRS" in out
+    assert "deviation from the paper" not in out
+
+
 # --- tiny real runs ---------------------------------------------------------------------
+
 
 def _tiny(fsdd_root: Path, cache_dir: Path, quaclrs: bool) -> list[str]:
     """Settings that run a trial's every stage in seconds."""
@@ -289,6 +344,34 @@ def _children(state: SweepState) -> dict[str, dict[str, float]]:
     return {run.data.tags["clarlab.trial_id"]: run.data.metrics for run in runs}
 
 
+def _check_figures(state: SweepState, tmp_path: Path, fold: int) -> None:
+    """QUACLRS 4.6's figures: every trial logged its ROC curves and Grad-CAM panels (2-D
+    encoders all), real PNGs with something drawn; the parent run holds, for the fold, the
+    trials' macro ROC curves overlaid, their AUCs, and each trial's Grad-CAM image."""
+    client = tracking_client(state.tracking_uri)
+    logged = _children(state)
+    for run in find_trial_runs(state.tracking_uri, state.parent_run_id):
+        trial_id = run.data.tags["clarlab.trial_id"]
+        for artifact in (ROC_ARTIFACT, GRADCAM_ARTIFACT):
+            local = client.download_artifacts(run.info.run_id, artifact, str(tmp_path / trial_id))
+            assert_png_not_blank(Path(local))
+    folder = Path(
+        client.download_artifacts(state.parent_run_id, f"figures/fold_{fold}", str(tmp_path))
+    )
+    assert {path.name for path in folder.iterdir()} == {
+        "roc_macro.png",
+        "roc_auc.csv",
+        *(f"gradcam_{trial_id}.png" for trial_id in logged),
+    }
+    for path in folder.glob("*.png"):
+        assert_png_not_blank(path)
+    with (folder / "roc_auc.csv").open() as handle:
+        aucs = {line["trial"]: float(line["macro_auc"]) for line in csv.DictReader(handle)}
+    assert aucs == {
+        trial_id: approx(metrics["test_macro_auc"]) for trial_id, metrics in logged.items()
+    }
+
+
 @pytest.mark.slow
 def test_label_fraction_table_and_figure(ray_cluster, fsdd_root, cache_dir, mlflow_store, tmp_path):
     state, folder = _run(
@@ -302,9 +385,7 @@ def test_label_fraction_table_and_figure(ray_cluster, fsdd_root, cache_dir, mlfl
     table = _table(folder, "label_fraction")
     for method in ("simclr", "clar"):
         assert table[("all", method, "0.1")] == approx(logged[f"{method}-0.1"]["test_top1"])
-    assert table[("all", "untrained control", "0.1")] == approx(
-        logged["untrained"]["test_top1"]
-    )
+    assert table[("all", "untrained control", "0.1")] == approx(logged["untrained"]["test_top1"])
     assert table[("all", "supervised reference", "0.1")] == approx(
         logged["0.1-supervised"]["test_top1"]
     )
@@ -323,8 +404,16 @@ def test_folded_tables_equal_their_children(
         "run_projection_dim",
         tmp_path,
         mlflow_store,
-        ["--dims", "16", "32", "--folds", "1", "2", "--no-controls",
-         *_tiny(fsdd_root, cache_dir, True)],  # fmt: skip
+        [
+            "--dims",
+            "16",
+            "32",
+            "--folds",
+            "1",
+            "2",
+            "--no-controls",
+            *_tiny(fsdd_root, cache_dir, True),
+        ],  # fmt: skip
     )
     logged = _children(state)
     assert set(logged) == {"16-fold1", "16-fold2", "32-fold1", "32-fold2"}
@@ -373,12 +462,23 @@ def test_moco_queue_ssl_methods_and_backbones_tables(
         assert table[("all", method, "weighted F1")] == approx(metrics["test_weighted_f1"])
     per_class = (folder / "ssl_methods_per_class_f1.csv").read_text().splitlines()
     assert per_class[0] == "class,byol,swav" and len(per_class) == 11  # ten digits
+    _check_figures(state, tmp_path / "ssl-figures", fold=1)
 
     state, folder = _run(
         "run_backbones",
         tmp_path / "backbones",
         mlflow_store,
-        ["--encoders", "mobilenet_v2", "--folds", "3", "--set", "train.batch_size=8", *tiny],
+        [
+            "--recipe",
+            "table9",
+            "--encoders",
+            "mobilenet_v2",
+            "--folds",
+            "3",
+            "--set",
+            "train.batch_size=8",
+            *tiny,
+        ],  # fmt: skip
     )
     logged = _children(state)
     assert set(logged) == {"mobilenet_v2-fold3", "mobilenet_v2-fold3-untrained"}
@@ -389,6 +489,7 @@ def test_moco_queue_ssl_methods_and_backbones_tables(
     assert table[("all", "untrained control mobilenet_v2", "fold3")] == approx(
         logged["mobilenet_v2-fold3-untrained"]["test_top1"]
     )
+    _check_figures(state, tmp_path / "backbones-figures", fold=3)
 
 
 @pytest.mark.slow
@@ -404,16 +505,25 @@ def test_features_and_augmentations_tables(
     logged = _children(state)
     table = _table(folder, "features")
     assert set(logged) == {"raw1d-FD-fsdd", "stft3-FD+TM-fsdd"}
-    assert table[("all", "stft3-FD+TM", "fsdd")] == approx(
-        logged["stft3-FD+TM-fsdd"]["test_top1"]
-    )
+    assert table[("all", "stft3-FD+TM", "fsdd")] == approx(logged["stft3-FD+TM-fsdd"]["test_top1"])
 
     state, folder = _run(
         "run_augmentations",
         tmp_path / "augs",
         mlflow_store,
-        ["--augmentations", "original", "pitchshift_2", "--methods", "simclr", "--folds", "2",
-         "--no-controls", "--set", "train.batch_size=8", *_tiny(fsdd_root, cache_dir, True)],  # fmt: skip
+        [
+            "--augmentations",
+            "original",
+            "pitchshift_2",
+            "--methods",
+            "simclr",
+            "--folds",
+            "2",
+            "--no-controls",
+            "--set",
+            "train.batch_size=8",
+            *_tiny(fsdd_root, cache_dir, True),
+        ],  # fmt: skip
     )
     logged = _children(state)
     table = _table(folder, "augmentations")

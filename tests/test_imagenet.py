@@ -57,7 +57,7 @@ def test_pretrained_backbones_fail_before_anything_runs(
 ) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     code = run_backbones.main(
-        ["--dry-run", "--pretrained", "--encoders", "efficientnet_b0", "--folds", "1"]
+        ["--dry-run", "--encoders", "efficientnet_b0", "--folds", "1"]  # Table 2: pretrained
     )
     assert code == 2
     err = capsys.readouterr().err

@@ -13,6 +13,7 @@ from typing import Any, TextIO
 from ray import tune
 
 from core.cells import CELL, FAILED, FINISHED
+from core.dotted import nest
 from core.fold_report import FIGURES_FOLDER, write_fold_roc
 from core.metrics import reported_metrics, unknown_metric
 from core.report import write_report
@@ -135,7 +136,7 @@ def prepare_grid(request: SweepRequest) -> GridPlan:
     deviations = deviation_notes(
         space.file.deviations,
         request.preset,
-        space.file.lower_layers(request.preset),
+        [*space.file.lower_layers(request.preset), nest(request.recipe)],
         request.overrides,
         [trial.config for trial in trials],
     )

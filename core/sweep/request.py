@@ -33,6 +33,9 @@ class SweepRequest:
     space: str = "aug_matrix"  # a space file: a shipped name or a path
     preset: str | None = "quick"
     overrides: dict[str, Any] = field(default_factory=dict)  # dotted config fields (--set)
+    # A script's recipe (run_backbones.py --recipe table5): settings that are the paper's
+    # protocol for one table, applied under --set and never counted as deviations from it.
+    recipe: dict[str, Any] = field(default_factory=dict)
     axis_values: dict[str, list[Any]] = field(default_factory=dict)  # a grid: restrict axes
     trial_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # --cell-set
     workers_per_trial: int | None = None  # default: the preset's train.num_workers
@@ -75,8 +78,9 @@ def seeds_for(request: SweepRequest) -> int:
 
 
 def request_overrides(request: SweepRequest) -> dict[str, Any]:
-    """``--set`` and the shared flags as dotted config fields, paths made absolute."""
-    overrides = dict(request.overrides)
+    """The recipe, then ``--set`` and the shared flags, as dotted config fields, paths
+    made absolute."""
+    overrides = {**request.recipe, **request.overrides}
     if request.workers_per_trial is not None:
         overrides["train.num_workers"] = request.workers_per_trial
     if request.gpus_per_worker is not None:

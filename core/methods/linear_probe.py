@@ -1,0 +1,60 @@
+"""Linear probing (QUACLRS Tables 5-8): a frozen backbone and one trained linear layer."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor, nn
+
+from core import losses
+from core.methods.base import Method
+
+if TYPE_CHECKING:
+    from core.config import ExperimentConfig
+
+
+class LinearProbe(Method):
+    """Cross-entropy through one linear layer on the features of a frozen encoder.
+
+    The encoder's weights never receive a gradient and its batch-norm statistics are not
+    updated (it stays in eval mode while the method trains), so the backbone that is
+    scored is exactly the one loaded: ImageNet's (QUACLRS Table 5) or a random one. Only
+    the linear layer is trained and scored (``train.scored_classifier='own'``)."""
+
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        encoder: nn.Module,
+        num_classes: int,
+        class_weights: Tensor | None = None,
+    ) -> None:
+        super().__init__(cfg, encoder, num_classes, class_weights)
+        for parameter in self.encoder.parameters():
+            parameter.requires_grad_(False)
+        self.head = nn.Linear(self.feature_dim, num_classes)
+
+    def train(self, mode: bool = True) -> LinearProbe:
+        """Train the head only: the frozen encoder keeps its batch-norm statistics."""
+        super().train(mode)
+        self.encoder.eval()
+        return self
+
+    def forward(self, view1: Tensor, view2: Tensor | None, labels: Tensor) -> dict[str, Tensor]:
+        """Cross-entropy of the linear layer on one view (``LinearProbeConfig.views``)."""
+        inputs, targets = view1, labels
+        if view2 is not None:
+            inputs, targets = torch.cat([view1, view2]), torch.cat([labels, labels])
+        with torch.no_grad():
+            features = self.encoder(inputs)
+        logits = self.head(features.float())
+        ce, _ = losses.labelled_cross_entropy(logits, targets, self._weights())
+        with torch.no_grad():
+            labelled = targets >= 0
+            correct = ((logits.argmax(1) == targets) & labelled).sum()
+            accuracy = correct / labelled.sum().clamp(min=1)
+        return {"loss": ce, "ce": ce.detach(), "accuracy": accuracy.float()}
+
+    def classify(self, features: Tensor) -> Tensor:
+        """The linear layer's logits: what Tables 5-8 score."""
+        return self.head(features.float())
