@@ -17,11 +17,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+
+from core.roc import RocCurves, roc_curves
 
 
 @dataclass
@@ -40,6 +43,14 @@ class EvaluationResult:
     rows: np.ndarray | None = None
     targets: np.ndarray | None = None
     predictions: np.ndarray | None = None
+    # Per clip, the class probabilities (softmax of the logits, fp32) the ROC curves need.
+    probabilities: np.ndarray | None = None
+    # The classifier that was scored, from the front end's output to logits (the encoder,
+    # then the method's own head or the standardised evaluation head): Grad-CAM explains
+    # the predictions of exactly this function.
+    logits_of: Callable[[torch.Tensor], torch.Tensor] | None = field(
+        default=None, repr=False, compare=False
+    )
 
     @property
     def weighted_f1(self) -> float:
@@ -50,6 +61,33 @@ class EvaluationResult:
         if not total:
             return 0.0
         return float(np.dot(np.asarray(self.per_class_f1, dtype=np.float64), support) / total)
+
+    def precision_recall(self) -> dict[str, float]:
+        """Macro and weighted precision and recall. Macro means over the classes present in
+        truth or prediction, as macro F1 does; a class never predicted has precision 0 and
+        one predicted but absent from truth recall 0 (sklearn's ``zero_division=0``).
+        Weighted means weigh each class by its true support."""
+        confusion = np.asarray(self.confusion, dtype=np.float64)
+        true_positive = np.diag(confusion)
+        predicted, support = confusion.sum(axis=0), confusion.sum(axis=1)
+        present = (predicted + support) > 0
+        total = support.sum()
+        scores = {}
+        for name, denominator in (("precision", predicted), ("recall", support)):
+            per_class = np.divide(
+                true_positive, denominator, out=np.zeros_like(true_positive), where=denominator > 0
+            )
+            scores[f"macro_{name}"] = float(per_class[present].mean()) if present.any() else 0.0
+            scores[f"weighted_{name}"] = float(per_class @ support / total) if total else 0.0
+        return scores
+
+    @cached_property
+    def roc(self) -> RocCurves | None:
+        """One-vs-rest ROC curves (:mod:`core.roc`), or None when the probabilities were
+        not kept."""
+        if self.targets is None or self.probabilities is None:
+            return None
+        return roc_curves(self.targets, self.probabilities, len(self.class_names))
 
     @property
     def correct(self) -> np.ndarray | None:
@@ -68,13 +106,18 @@ class EvaluationResult:
         return "\n".join(lines) + "\n"
 
     def metrics(self, prefix: str | None = None) -> dict[str, float]:
-        """Flat scalar metrics for reporting (``test_top1``, ``test_macro_f1``, ...)."""
+        """Flat scalar metrics for reporting (``test_top1``, ``test_macro_f1``, ...; the
+        micro and macro ROC AUC where the probabilities were kept, NaN where undefined)."""
         prefix = f"{prefix or self.split}_"
         flat = {
             f"{prefix}top1": self.top1,
             f"{prefix}macro_f1": self.macro_f1,
             f"{prefix}weighted_f1": self.weighted_f1,
         }
+        flat.update({f"{prefix}{key}": value for key, value in self.precision_recall().items()})
+        if self.roc is not None:
+            flat[f"{prefix}micro_auc"] = self.roc.micro_auc
+            flat[f"{prefix}macro_auc"] = self.roc.macro_auc
         flat.update({f"{prefix}{key}": value for key, value in self.extra.items()})
         return flat
 
@@ -174,13 +217,12 @@ def train_eval_head(
 
 
 @torch.no_grad()
-def predict(head: nn.Module, features: torch.Tensor, batch_size: int = 1024) -> np.ndarray:
-    """Arg-max class of each feature row."""
+def head_logits(head: nn.Module, features: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """The head's logits for each feature row, in fp32."""
     outputs = [
-        head(features[s : s + batch_size]).argmax(dim=1)
-        for s in range(0, len(features), batch_size)
+        head(features[s : s + batch_size]).float() for s in range(0, len(features), batch_size)
     ]
-    return torch.cat(outputs).cpu().numpy() if outputs else np.zeros(0, dtype=np.int64)
+    return torch.cat(outputs) if outputs else torch.zeros(0, 0, device=features.device)
 
 
 def _held_out(split: Any, splits: Sequence[str]) -> dict[str, np.ndarray]:
@@ -194,14 +236,30 @@ def _held_out(split: Any, splits: Sequence[str]) -> dict[str, np.ndarray]:
     return {name: idx for name, idx in rows.items() if name == "test" or len(idx)}
 
 
-def _scored(name: str, rows: np.ndarray, predictions: np.ndarray, cache: Any) -> EvaluationResult:
-    """The result of ``predictions`` for the sorted cache ``rows`` of split ``name``, with
-    the per-clip predictions kept (intervals and McNemar's test are built from them)."""
+def _scored(
+    name: str,
+    rows: np.ndarray,
+    logits: torch.Tensor,
+    cache: Any,
+    logits_of: Callable[[torch.Tensor], torch.Tensor],
+) -> EvaluationResult:
+    """The result of ``logits`` for the sorted cache ``rows`` of split ``name``, with the
+    per-clip predictions (intervals and McNemar's test are built from them) and class
+    probabilities (the ROC curves) kept, and the classifier that gave them."""
     targets = cache.labels[rows]
-    confusion = confusion_matrix(targets, predictions, len(cache.class_names))
+    num_classes = len(cache.class_names)
+    if len(rows):
+        predictions = logits.argmax(dim=1).cpu().numpy()
+        probabilities = torch.softmax(logits.float(), dim=1).cpu().numpy()
+    else:
+        predictions = np.zeros(0, dtype=np.int64)
+        probabilities = np.zeros((0, num_classes), dtype=np.float32)
+    confusion = confusion_matrix(targets, predictions, num_classes)
     result = scores_from_confusion(confusion, cache.class_names, split=name)
     result.rows = rows
     result.targets, result.predictions = targets.astype(np.int64), predictions.astype(np.int64)
+    result.probabilities = probabilities.astype(np.float32)
+    result.logits_of = logits_of
     return result
 
 
@@ -260,9 +318,13 @@ def evaluate_encoder(
             batch_size=batch_size,
             seed=cfg.train.seed,
         )
+
+    def logits_of(inputs: torch.Tensor) -> torch.Tensor:
+        return head((encoder(inputs).float() - mean) / std)
+
     return {
-        name: _scored(name, held_out[name], predict(head, (features - mean) / std), cache)
-        for name, features in held_out_features.items()
+        name: _scored(name, rows, head_logits(head, (features - mean) / std), cache, logits_of)
+        for (name, rows), features in zip(held_out.items(), held_out_features.values(), strict=True)
     }
 
 
@@ -284,28 +346,31 @@ def evaluate_classifier(
     """
     held_out = _held_out(split, splits)
 
-    def predicted_classes(waves: torch.Tensor) -> torch.Tensor:
-        logits = method.classify(method.encoder(frontend(waves)))
+    def logits_of(inputs: torch.Tensor) -> torch.Tensor:
+        logits = method.classify(method.encoder(inputs))
         if logits is None:
             raise ValueError(
                 f"train.scored_classifier='own' needs a classifier, but method "
                 f"{type(method).__name__} has none; set train.scored_classifier='evaluation_head'"
             )
-        return logits.argmax(dim=1)
+        return logits
+
+    def logits_of_waves(waves: torch.Tensor) -> torch.Tensor:
+        return logits_of(frontend(waves))
 
     batch_size = cfg.train.eval_batch_size
     was_training = method.training
     method.eval()
     try:
-        predicted = {
-            name: extract_features(predicted_classes, cache.batch, rows, batch_size, device)
+        logits = {
+            name: extract_features(logits_of_waves, cache.batch, rows, batch_size, device)
             for name, rows in held_out.items()
         }
     finally:
         method.train(was_training)
     return {
-        name: _scored(name, held_out[name], classes.long().cpu().numpy(), cache)
-        for name, classes in predicted.items()
+        name: _scored(name, held_out[name], split_logits, cache, logits_of)
+        for name, split_logits in logits.items()
     }
 
 

@@ -26,8 +26,21 @@ EPOCH_METRICS = (
     "early_stopped",
     "scored_epoch",  # the epoch whose weights the test scores are from (early stopping)
 )
-# Reported per evaluated split as "<split>_<score>" (core.evaluate.EvaluationResult.metrics).
-SPLIT_SCORES = ("top1", "macro_f1", "weighted_f1")
+# Reported per evaluated split as "<split>_<score>" (core.evaluate.EvaluationResult.metrics):
+# QUACLRS 4.6's accuracy, precision, recall and F1 (macro: every class alike; weighted: by
+# true support), and the one-vs-rest ROC AUC pooled over every decision (micro) and
+# averaged over the classes with a ROC (macro; NaN where no class has one).
+SPLIT_SCORES = (
+    "top1",
+    "macro_f1",
+    "weighted_f1",
+    "macro_precision",
+    "weighted_precision",
+    "macro_recall",
+    "weighted_recall",
+    "micro_auc",
+    "macro_auc",
+)
 
 
 def reported_metrics(cfg: Any, has_validation: bool = True) -> list[str]:
@@ -47,7 +60,4 @@ def unknown_metric(metric: str, known: Iterable[str]) -> str | None:
     known = list(dict.fromkeys(known))
     if metric in known:
         return None
-    return (
-        f"metric {metric!r} is not reported by these trials; they report: "
-        f"{', '.join(known)}"
-    )
+    return f"metric {metric!r} is not reported by these trials; they report: {', '.join(known)}"

@@ -27,6 +27,12 @@ METRIC_NAMES = {
     "test_top1": "top-1",
     "test_macro_f1": "macro F1",
     "test_weighted_f1": "weighted F1",
+    "test_macro_precision": "macro precision",
+    "test_weighted_precision": "weighted precision",
+    "test_macro_recall": "macro recall",
+    "test_weighted_recall": "weighted recall",
+    "test_micro_auc": "micro AUC",
+    "test_macro_auc": "macro AUC",
     "val_top1": "val top-1",
 }
 _WALL_METRIC = "__wall__"  # the wall-time column's "metric": the record's wall_seconds

@@ -1,5 +1,6 @@
-"""What a trial scores: weighted F1, the network's own classifier against the evaluation
-head, the linear probe, and the config checks that keep the test split out of selection."""
+"""What a trial scores: weighted F1, precision, recall and ROC AUC (against sklearn), the
+network's own classifier against the evaluation head, the linear probe, and the config
+checks that keep the test split out of selection."""
 
 from __future__ import annotations
 
@@ -29,10 +30,67 @@ def test_weighted_f1_weighs_per_class_f1_by_support():
     assert result.weighted_f1 > result.macro_f1 + 0.3  # the frequent class dominates
     metrics = result.metrics()
     assert metrics["test_weighted_f1"] == pytest.approx(result.weighted_f1)
-    assert set(metrics) == {"test_top1", "test_macro_f1", "test_weighted_f1"}
+    assert set(metrics) == {
+        "test_top1",
+        "test_macro_f1",
+        "test_weighted_f1",
+        "test_macro_precision",
+        "test_weighted_precision",
+        "test_macro_recall",
+        "test_weighted_recall",
+    }, "without kept probabilities there is no ROC AUC"
     assert f"weighted F1  {result.weighted_f1:6.3f}" in result.per_class_report()
     empty = scores_from_confusion(np.zeros((3, 3), dtype=np.int64), CLASSES)
     assert empty.weighted_f1 == 0.0
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_precision_and_recall_equal_sklearns(seed: int):
+    """Macro means over the classes in truth or prediction (as macro F1: a class in
+    neither is left out), weighted means by true support, 0 where undefined."""
+    from sklearn.metrics import f1_score, precision_recall_fscore_support
+
+    rng = np.random.default_rng(seed)
+    classes = 6
+    targets = rng.choice([0, 1, 2, 4], size=60)  # classes 3 and 5 absent from truth
+    predictions = np.where(rng.random(60) < 0.6, targets, rng.choice([0, 1, 3], size=60))
+    result = scores_from_confusion(
+        evaluate.confusion_matrix(targets, predictions, classes), [str(k) for k in range(classes)]
+    )
+    scores = result.precision_recall()
+    for average in ("macro", "weighted"):
+        precision, recall, _, _ = precision_recall_fscore_support(
+            targets, predictions, average=average, zero_division=0
+        )
+        assert scores[f"{average}_precision"] == pytest.approx(precision)
+        assert scores[f"{average}_recall"] == pytest.approx(recall)
+        f1 = result.macro_f1 if average == "macro" else result.weighted_f1
+        assert f1 == pytest.approx(f1_score(targets, predictions, average=average, zero_division=0))
+    metrics = result.metrics("val")
+    assert metrics["val_macro_recall"] == scores["macro_recall"]
+    assert {"val_weighted_precision", "val_macro_precision", "val_weighted_recall"} <= set(metrics)
+
+
+def test_roc_auc_equals_sklearns_and_skips_a_class_absent_from_the_split():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    targets = rng.choice([0, 1, 3], size=80)  # class 2 is absent
+    logits = rng.normal(size=(80, 4)) + 2.0 * (targets[:, None] == np.arange(4))
+    probabilities = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
+    confusion = evaluate.confusion_matrix(targets, probabilities.argmax(1), 4)
+    result = scores_from_confusion(confusion, ["a", "b", "c", "d"])
+    result.targets, result.probabilities = targets, probabilities.astype(np.float32)
+    truth = targets[:, None] == np.arange(4)
+    present = [0, 1, 3]
+    metrics = result.metrics()
+    assert metrics["test_micro_auc"] == pytest.approx(
+        roc_auc_score(truth, probabilities, average="micro"), abs=1e-6
+    )
+    assert metrics["test_macro_auc"] == pytest.approx(
+        roc_auc_score(truth[:, present], probabilities[:, present], average="macro"), abs=1e-6
+    )
+    assert result.roc.skipped == [2] and sorted(result.roc.per_class) == present
 
 
 class ToyCache:
@@ -114,6 +172,25 @@ def test_own_classifier_is_scored_not_an_evaluation_head():
     head_cfg = cfg.with_overrides({"train.scored_classifier": "evaluation_head"})
     by_head = evaluate_method(model, nn.Identity(), cache, split, head_cfg, torch.device("cpu"))
     assert by_head["test"].top1 > 0.9
+
+
+@pytest.mark.parametrize("scored", ["own", "evaluation_head"])
+def test_both_scorings_keep_probabilities_and_the_classifier_they_scored(scored: str):
+    """Per clip, the softmax of the logits (fp32, rows summing to 1, arg-max the
+    prediction), and ``logits_of``: the scored classifier, which gives those logits again
+    from the front end's output (what Grad-CAM explains)."""
+    cfg, model, cache, split = toy_setup("supervised", scored)
+    test = evaluate_method(model, nn.Identity(), cache, split, cfg, torch.device("cpu"))["test"]
+    assert test.probabilities.dtype == np.float32
+    assert test.probabilities.shape == (len(split.test), 3)
+    np.testing.assert_allclose(test.probabilities.sum(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(test.probabilities.argmax(axis=1), test.predictions)
+    model.eval()
+    with torch.no_grad():
+        again = torch.softmax(test.logits_of(cache.batch(test.rows)), dim=1).numpy()
+    np.testing.assert_allclose(again, test.probabilities, atol=1e-5)
+    metrics = test.metrics()
+    assert 0.0 <= metrics["test_micro_auc"] <= 1.0 and 0.0 <= metrics["test_macro_auc"] <= 1.0
 
 
 def test_validation_alone_can_be_scored_for_the_per_epoch_check():
