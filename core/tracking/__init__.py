@@ -10,18 +10,26 @@ One module per job:
 - :mod:`~core.tracking.runs`: what a trial's run logs and how it ends (:class:`TrialRun`);
 - :mod:`~core.tracking.lifecycle`: the loop's run across attempts (:class:`TrialLog`);
 - :mod:`~core.tracking.parent`: the sweep's parent run, written one way (:class:`ParentRun`);
-- :mod:`~core.tracking.figures`: the evaluation's confusion matrix as CSV and figure.
+- :mod:`~core.tracking.figures`: the evaluation's confusion matrix as CSV and figure, its
+  ROC curves and Grad-CAM maps as figures.
 
 The names below are the package's public surface; import them from here.
 """
 
 from __future__ import annotations
 
-from core.tracking.figures import confusion_csv, confusion_figure
+from core.tracking.figures import confusion_csv, confusion_figure, gradcam_figure, roc_figure
 from core.tracking.lifecycle import TrialLog, finish_completed_run
 from core.tracking.opening import config_params, default_run_name
 from core.tracking.parent import ParentRun, mlflow_hint, save_sweep_view, start_parent_run
-from core.tracking.runs import EVALUATION_FOLDER, TrialRun, find_trial_runs, finish_run
+from core.tracking.runs import (
+    EVALUATION_FOLDER,
+    GRADCAM_ARTIFACT,
+    ROC_ARTIFACT,
+    TrialRun,
+    find_trial_runs,
+    finish_run,
+)
 from core.tracking.server import (
     HTTP_RETRY_ENV,
     TrackingServerError,
@@ -62,6 +70,8 @@ __all__ = [
     "TAG_PRIMARY_METRIC",
     "TAG_RUNS_VIEW_PREFIX",
     "EVALUATION_FOLDER",
+    "GRADCAM_ARTIFACT",
+    "ROC_ARTIFACT",
     "HEADLINE_METRIC",
     "HTTP_RETRY_ENV",
     "TAG_ERROR",
@@ -88,11 +98,13 @@ __all__ = [
     "finish_run",
     "git_commit",
     "git_dirty",
+    "gradcam_figure",
     "is_unreachable_error",
     "mask_secrets",
     "mlflow_hint",
     "reaching",
     "resolve_tracking_uri",
+    "roc_figure",
     "save_sweep_view",
     "shown_uri",
     "start_parent_run",

@@ -31,6 +31,7 @@ from core.tracking.store import (
 
 if TYPE_CHECKING:
     from core.evaluate import EvaluationResult
+    from core.gradcam import GradCamMaps
 
 TAG_STOPPED_EARLY = "clarlab.stopped_early"
 
@@ -176,6 +177,11 @@ class TrialLog:
         if evaluation is not None:
             self.run.log_evaluation(evaluation)
 
+    def final(self, result: EvaluationResult, gradcam: GradCamMaps | None) -> None:
+        """Log the figures of the trial's final evaluation (ROC curves, Grad-CAM)."""
+        if self.run is not None:
+            self.run.log_final_figures(result, gradcam)
+
     @contextmanager
     def ending(self) -> Iterator[None]:
         """End the run as the block ends: FINISHED; KILLED on Ctrl-C; FINISHED and tagged
@@ -197,9 +203,7 @@ class TrialLog:
         except BaseException as error:
             if self.run:
                 with contextlib.suppress(Exception):
-                    self.run.client.log_text(
-                        self.run.run_id, traceback.format_exc(), "error.txt"
-                    )
+                    self.run.client.log_text(self.run.run_id, traceback.format_exc(), "error.txt")
                 self.run.finish("FAILED", error=f"{type(error).__name__}: {error}")
             raise
         if self.run:

@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_TAG_VAL_LENGTH
 
 from core.config import ExperimentConfig
-from core.tracking.figures import confusion_csv, confusion_figure
+from core.tracking.figures import confusion_csv, confusion_figure, gradcam_figure, roc_figure
 from core.tracking.opening import open_run
 from core.tracking.server import once_more_after_broken_read, reaching
 from core.tracking.store import (
@@ -35,8 +35,12 @@ from core.tracking.store import (
 
 if TYPE_CHECKING:
     from core.evaluate import EvaluationResult
+    from core.gradcam import GradCamMaps
 
 EVALUATION_FOLDER = "evaluation"
+# The final evaluation's figures of a trial's test split (the sweep gathers them per fold).
+ROC_ARTIFACT = f"{EVALUATION_FOLDER}/test_roc.png"
+GRADCAM_ARTIFACT = f"{EVALUATION_FOLDER}/test_gradcam.png"
 # The error tag keeps the start and the end of a long error (a traceback's last line is
 # the message); the whole text of a truncated error goes to the ``error.txt`` artifact.
 ERROR_TAG_HEAD, ERROR_TAG_TAIL = 1_000, 3_000
@@ -116,6 +120,7 @@ class TrialRun:
             "top1": result.top1,
             "macro_f1": result.macro_f1,
             "weighted_f1": result.weighted_f1,
+            **result.precision_recall(),
             "per_class_f1": dict(zip(result.class_names, result.per_class_f1, strict=True)),
             "extra": result.extra,
         }
@@ -129,6 +134,38 @@ class TrialRun:
             if result.rows is not None:
                 self.client.log_text(
                     self.run_id, result.predictions_csv(), f"{prefix}_predictions.csv"
+                )
+
+    def log_final_figures(
+        self,
+        result: EvaluationResult,
+        gradcam: GradCamMaps | None,
+        artifact_dir: str = EVALUATION_FOLDER,
+    ) -> None:
+        """The figures of a trial's final evaluation, too slow to draw at every one:
+        ``evaluation/<split>_roc.png`` (where the class probabilities were kept) with the
+        AUCs as JSON, and ``evaluation/<split>_gradcam.png`` (where there are maps: a 2-D
+        encoder)."""
+        prefix = f"{artifact_dir}/{result.split}"
+        with reaching(self.tracking_uri, f"logging the final figures of run {self.run_id}"):
+            roc = result.roc
+            if roc is not None:
+                self.client.log_figure(self.run_id, roc_figure(result), f"{prefix}_roc.png")
+                aucs = {
+                    "micro": roc.micro_auc,
+                    "macro": roc.macro_auc,
+                    "per_class": {
+                        result.class_names[index]: curve.auc
+                        for index, curve in roc.per_class.items()
+                    },
+                    "without_roc": [result.class_names[index] for index in roc.skipped],
+                }
+                self.client.log_text(
+                    self.run_id, json.dumps(aucs, indent=2, allow_nan=True), f"{prefix}_auc.json"
+                )
+            if gradcam is not None:
+                self.client.log_figure(
+                    self.run_id, gradcam_figure(gradcam), f"{prefix}_gradcam.png"
                 )
 
     def log_config(self, cfg: ExperimentConfig) -> None:
@@ -215,5 +252,3 @@ def find_trial_runs(tracking_uri: str, parent_run_id: str) -> list[Run]:
 
 
 # --- trial runs --------------------------------------------------------------------------
-
-

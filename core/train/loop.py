@@ -30,11 +30,13 @@ from core.data import open_cache
 from core.data.splits import make_split
 from core.evaluate import EvaluationResult, evaluate_method
 from core.features import build_frontend
+from core.gradcam import GradCamMaps, trial_gradcam
 from core.memory import keep_freed_pages
 from core.methods.base import build_method
 from core.models import build_encoder
 from core.models.norm import convert_for_distributed
 from core.optim import build_optimizer, build_schedule
+from core.roc import ROC_KEY, macro_roc_json
 from core.stats import CORRECT_KEY, PER_CLASS_KEY, encode_correct
 from core.tracking import RunIdentity, TrialLog, finish_completed_run
 from core.train.batches import seed_everything
@@ -357,11 +359,17 @@ def checkpoint_and_report(
         checkpoint_dir = Path(tempfile.mkdtemp(prefix="clarlab-ckpt-"))
         save_checkpoint(checkpoint_dir, _checkpoint_state(trial, progress, epoch))
         shown = evaluation.test or next(iter(evaluation.results.values()), None)
-        # Artifacts at the test pace only, not for every epoch's validation check.
+        # Artifacts at the test pace only, not for every epoch's validation check; the
+        # figures too slow for every evaluation (ROC, Grad-CAM) at the final one only.
         log.epoch(epoch, metrics, shown if evaluation.full else None)
+        if progress.finished and evaluation.test is not None:
+            log.final(evaluation.test, _gradcam(trial, evaluation.test))
     reported = dict(metrics)
     test = evaluation.test
     if test is not None:
+        curve = macro_roc_json(test.roc) if test.roc is not None else None
+        if curve is not None:  # the parent run's per-fold ROC figure (core.fold_report)
+            reported[ROC_KEY] = curve
         if test.correct is not None:
             # Per-clip correctness for intervals over test clips and McNemar's test in the
             # sweep report (text, not a metric: MLflow gets the predictions CSV).
@@ -374,6 +382,19 @@ def checkpoint_and_report(
     trial.context.report(reported, checkpoint_dir)
     if checkpoint_dir is not None:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
+
+
+def _gradcam(trial: TrialParts, test: EvaluationResult) -> GradCamMaps | None:
+    """Grad-CAM of a few test clips (:func:`core.gradcam.trial_gradcam`). A figure must not
+    cost a trained trial its scores: should it fail, the trial says so and goes on."""
+    try:
+        return trial_gradcam(
+            trial.method, trial.frontend, trial.data.cache, test, trial.context.device
+        )
+    except Exception as error:  # any failure of an optional figure
+        print(f"warning: no Grad-CAM figure ({type(error).__name__}: {error})",
+              file=sys.stderr, flush=True)  # fmt: skip
+        return None
 
 
 def _checkpoint_state(trial: TrialParts, progress: Progress, epoch: int) -> dict[str, object]:
