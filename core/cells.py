@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -51,6 +52,8 @@ class TrialRecord:
     coords: dict[str, str] = field(default_factory=dict)  # axis name -> label
     per_class_f1: dict[str, float] = field(default_factory=dict)  # class -> test F1
     stopped_early: bool = False  # ended by the sweep's trial scheduler before its last epoch
+    fold: int | None = None  # data.fold: the held-out fold of a k-fold split (None: no folds)
+    macro_roc: dict[str, Any] | None = None  # the test macro ROC curve (core.roc), if reported
 
     def __post_init__(self) -> None:
         self.cell_id = self.cell_id or self.trial_id

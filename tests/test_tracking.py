@@ -296,6 +296,69 @@ def test_trial_run_logs_params_tags_metrics_and_artifacts(
     assert [child.info.run_id for child in children] == [run.run_id]
 
 
+def test_final_figures_per_trial_and_gathered_per_fold_on_the_parent(
+    store: RunIdentity, client: MlflowClient, tmp_path: Path
+) -> None:
+    """A trial's final evaluation logs its ROC curves (and AUCs) and, for a 2-D encoder,
+    its Grad-CAM panels; the parent gathers every finished trial's Grad-CAM image into
+    its fold's folder beside the fold's ROC overlay, passing over a trial that has none
+    (a 1-D encoder) and one that failed."""
+    from core.cells import FAILED, FINISHED, TrialRecord
+    from core.fold_report import FIGURES_FOLDER, write_fold_roc
+    from core.gradcam import GradCamMaps
+    from core.roc import macro_roc_json, parse_macro_roc
+    from core.sweep.fold_figures import attach_fold_figures
+    from tests.images import assert_png_not_blank
+
+    parent_id = new_parent(store)
+    rng = np.random.default_rng(1)
+    targets = rng.integers(0, 10, size=500)
+    logits = rng.normal(size=(500, 10)) + 2.0 * (targets[:, None] == np.arange(10))
+    confusion = confusion_matrix(targets, logits.argmax(1), 10)
+    result = scores_from_confusion(confusion, [f"digit_{i}" for i in range(10)])
+    result.targets = targets
+    result.probabilities = (np.exp(logits) / np.exp(logits).sum(1, keepdims=True)).astype("f4")
+    maps = GradCamMaps(rng.normal(size=(2, 16, 12)), rng.random((2, 16, 12)), ["a", "b"],
+                       ["a", "a"], np.arange(2), "trunk.layer4")  # fmt: skip
+    records = []
+    for trial_id, gradcam, status in (
+        ("resnet18-fold3", maps, FINISHED),  # a 2-D encoder
+        ("resnet18_1d-fold3", None, FINISHED),  # raw audio: no Grad-CAM
+        ("vgg16-fold3", maps, FAILED),
+    ):
+        run = TrialRun.open(make_config(), who(store, parent_run_id=parent_id, trial_id=trial_id))
+        run.log_final_figures(result, gradcam)
+        run.finish("FINISHED")
+        curve = parse_macro_roc(macro_roc_json(result.roc))
+        record = TrialRecord(trial_id, status, "all", fold=3, metrics=result.metrics())
+        record.macro_roc = curve
+        records.append(record)
+    first = find_trial_runs(store.tracking_uri, parent_id)[0].info.run_id
+    download = Path(client.download_artifacts(first, "evaluation", str(tmp_path / "trial")))
+    assert sorted(path.name for path in download.iterdir()) == [
+        "test_auc.json", "test_gradcam.png", "test_roc.png"
+    ]  # fmt: skip
+    aucs = json.loads((download / "test_auc.json").read_text())
+    assert aucs["macro"] == pytest.approx(result.roc.macro_auc) and aucs["without_roc"] == []
+    assert_png_not_blank(download / "test_roc.png")
+    assert_png_not_blank(download / "test_gradcam.png")
+
+    folder = tmp_path / "sweep" / FIGURES_FOLDER
+    written = write_fold_roc(records, folder)
+    parent = tracking.ParentRun(store.tracking_uri, parent_id, store.experiment)
+    attach_fold_figures(parent, records, folder, written)
+    logged = {info.path for info in client.list_artifacts(parent_id, "figures/fold_3")}
+    assert logged == {
+        "figures/fold_3/roc_auc.csv",
+        "figures/fold_3/roc_macro.png",
+        "figures/fold_3/gradcam_resnet18-fold3.png",
+    }
+    gathered = client.download_artifacts(
+        parent_id, "figures/fold_3/gradcam_resnet18-fold3.png", str(tmp_path / "parent")
+    )
+    assert_png_not_blank(Path(gathered))
+
+
 def test_non_finite_metrics_are_logged_and_bad_values_named(
     store: RunIdentity, client: MlflowClient
 ) -> None:

@@ -21,6 +21,7 @@ import numpy as np
 from ray import tune
 
 from core.cells import FAILED, FINISHED, TrialRecord
+from core.roc import ROC_KEY, parse_macro_roc
 from core.stats import CORRECT_KEY, PER_CLASS_KEY, decode_correct
 from core.sweep.trials import Trial
 from core.tracking import is_unreachable_error
@@ -38,6 +39,7 @@ class TuneResult:
     history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     correct: np.ndarray | None = None  # per test clip, from the last evaluation
     per_class_f1: dict[str, float] = field(default_factory=dict)
+    macro_roc: dict[str, Any] | None = None  # the last test evaluation's (core.roc)
     wall_seconds: float | None = None
     error: str | None = None
 
@@ -74,9 +76,10 @@ def read_experiment(experiment_path: str) -> dict[str, TuneResult]:
 
 def _read_frame(result: TuneResult, frame: Any) -> None:
     """Every numeric column of a trial's results (Tune's own ``config/*`` aside) as a
-    metric; per-clip correctness and per-class F1 from their text columns."""
+    metric; per-clip correctness, per-class F1 and the macro ROC curve from their text
+    columns."""
     for name in frame.columns:
-        if name.startswith("config/") or name in (CORRECT_KEY, PER_CLASS_KEY):
+        if name.startswith("config/") or name in (CORRECT_KEY, PER_CLASS_KEY, ROC_KEY):
             continue
         values = frame[name].dropna()
         if values.empty or not all(isinstance(v, int | float | np.number) for v in values):
@@ -86,12 +89,16 @@ def _read_frame(result: TuneResult, frame: Any) -> None:
             rows = frame[["epoch", name]].dropna()
             # Epochs trained (1-based): the evaluation after the 5th epoch is at 5. A restored
             # trial reports its epochs again from its checkpoint; the last report wins.
-            by_epoch = {int(epoch) + 1: float(value) for epoch, value in rows.itertuples(index=False)}
+            by_epoch = {
+                int(epoch) + 1: float(value) for epoch, value in rows.itertuples(index=False)
+            }
             result.history[name] = sorted(by_epoch.items())
     if CORRECT_KEY in frame.columns and frame[CORRECT_KEY].notna().any():
         result.correct = decode_correct(str(frame[CORRECT_KEY].dropna().iloc[-1]))
     if PER_CLASS_KEY in frame.columns and frame[PER_CLASS_KEY].notna().any():
         result.per_class_f1 = json.loads(str(frame[PER_CLASS_KEY].dropna().iloc[-1]))
+    if ROC_KEY in frame.columns and frame[ROC_KEY].notna().any():
+        result.macro_roc = parse_macro_roc(str(frame[ROC_KEY].dropna().iloc[-1]))
 
 
 def epochs_planned(cfg: Any) -> int:
@@ -123,6 +130,7 @@ def collect_records(
             seed=cfg.train.seed,
             controls=dict(trial.controls),
             coords=dict(trial.coords),
+            fold=cfg.data.fold,
         )
         result = found.get(trial.trial_id)
         if result is not None:
@@ -130,6 +138,7 @@ def collect_records(
             record.history, record.correct = result.history, result.correct
             record.per_class_f1, record.epochs = result.per_class_f1, result.epochs
             record.wall_seconds, record.error = result.wall_seconds, result.error
+            record.macro_roc = result.macro_roc
             # Ended before its last epoch without its own early stopping: the trial
             # scheduler (ASHA) stopped it.
             record.stopped_early = (

@@ -11,13 +11,16 @@ the server is back.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Sequence
+import posixpath
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from core.tracking.runs import finish_run
+from core.tracking.runs import find_trial_runs, finish_run
 from core.tracking.server import (
     TrackingServerError,
     check_tracking_server,
@@ -32,6 +35,7 @@ from core.tracking.store import (
     TAG_KIND,
     TAG_PARENT,
     TAG_RUNS_VIEW_PREFIX,
+    TAG_TRIAL_ID,
     UI_TRAINING_VIEW_QUERY,
     UI_VIEW_QUERY_KEY,
     RunIdentity,
@@ -171,6 +175,33 @@ class ParentRun:
     def log_files(self, files: Iterable[Path], artifact_path: str = REPORT_FOLDER) -> None:
         for path in files:
             self.client.log_artifact(self.run_id, str(path), artifact_path=artifact_path)
+
+    def copy_trial_artifacts(
+        self, artifact_path: str, destinations: Mapping[str, Path]
+    ) -> list[Path]:
+        """Download ``artifact_path`` from the run of each trial under this parent whose
+        trial id ``destinations`` names, to the path it names there. A trial whose run
+        lacks it (a 1-D encoder has no Grad-CAM; a failed trial, perhaps no figure) is
+        skipped, as is one without a run. Returns the files written."""
+        client = self.client
+        folder, name = posixpath.split(artifact_path)
+        written = []
+        for run in find_trial_runs(self.tracking_uri, self.run_id):
+            target = destinations.get(run.data.tags.get(TAG_TRIAL_ID, ""))
+            run_id = run.info.run_id
+            if target is None:
+                continue
+            listed = {
+                posixpath.basename(item.path) for item in client.list_artifacts(run_id, folder)
+            }
+            if name not in listed:
+                continue
+            with tempfile.TemporaryDirectory(prefix="clarlab-artifact-") as scratch:
+                local = client.download_artifacts(run_id, artifact_path, scratch)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(local, target)
+            written.append(target)
+        return written
 
     def log_metric(self, name: str, value: float, step: int = 0) -> None:
         self.client.log_metric(self.run_id, name, float(value), step=step)
