@@ -10,9 +10,9 @@
   land outside the target folder (absolute paths, ``..``, device files, members written
   through a link, links that resolve outside through other links, in the archive or
   already extracted) before writing anything, and writes into a staging folder that is
-  renamed into place only when every archive is extracted. The checks live in
-  :mod:`core.data.extract`; tarfile's ``data`` filter (whose known bypasses are fixed only
-  in newer Pythons) is a second layer.
+  renamed into place only when every archive is extracted: each archive into a fresh
+  folder of its own, merged into the staging folder without following links. The checks
+  and the writes live in :mod:`core.data.extract`.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from core.data.base import (
     Resource,
     file_lock,
 )
-from core.data.extract import safe_extract
+from core.data.extract import merge_tree, safe_extract
 
 _BLOCK = 1 << 20
 _USER_AGENT = "clarlab-data/0.1"
@@ -179,9 +179,17 @@ def _download_dataset(spec: DatasetSpec, root: Path, progress: bool, keep_archiv
     staging = root.parent / f".{root.name}.partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        for resource in spec.resources:
+        for number, resource in enumerate(spec.resources):
             archive = _fetch(resource, downloads, progress)
-            safe_extract(archive, staging, strip=resource.strip)
+            # Each archive into a fresh folder of its own, checked against itself alone,
+            # then merged without following links (core.data.extract.merge_tree).
+            unpacked = staging.with_name(f"{staging.name}-{number}")
+            shutil.rmtree(unpacked, ignore_errors=True)
+            try:
+                safe_extract(archive, unpacked, strip=resource.strip)
+                merge_tree(unpacked, staging)
+            finally:
+                shutil.rmtree(unpacked, ignore_errors=True)
         if spec.marker and not (staging / spec.marker).exists():
             raise DownloadError(
                 f"{spec.name}: the downloaded archives do not contain {spec.marker}; the "

@@ -4,23 +4,24 @@
 holds the part of that job that needs care: archives come from the network, so every
 member is checked against a model of the target folder (absolute paths, ``..``, device
 files, members written through a link, links that resolve outside through other links, in
-the archive or already extracted) before anything is written. The checks are this
-module's own; tarfile's ``data`` filter (whose known bypasses are fixed only in newer
-Pythons) is a second layer. Kept apart from the download so that each module holds one
+the archive or already extracted) before anything is written, and every write checks its real path
+again. The checks and the writes are this module's own, not tarfile's filters. Kept apart from the download so that each module holds one
 job and the checks can be read, and tested, on their own.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import stat
 import tarfile
 import unicodedata
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import NoReturn
+from typing import IO, NoReturn
 
 from core.data.base import DownloadError
 
@@ -29,7 +30,7 @@ _BLOCK = 1 << 20  # bytes copied at a time out of a zip member
 
 # --- extraction -------------------------------------------------------------------------
 # Every member is checked against a model of what the target folder will hold before
-# anything is written; tarfile's "data" filter re-checks tar members as a second layer.
+# anything is written; each write then checks the real path again with lstat.
 # The model is needed because a lexical check of one member at a time misses link
 # chains: ``x -> .`` is harmless alone, and ``x/x/y -> ../../`` lexically names the top
 # (``x/x/../..``), but ``x/x`` is the top itself, so the link points two levels above it.
@@ -280,8 +281,13 @@ def safe_extract(archive: Path, target: Path, strip: str | None = None) -> None:
     device or other special file, no member whose folder is a link, no link (or hard
     link) that resolves outside ``target`` through the links before and after it, in this
     archive or already in ``target``, no link that replaces an entry or is replaced.
-    ``strip`` drops the archive's top-level folder (``ESC-50-master/audio/x.wav`` ->
-    ``audio/x.wav``).
+    Then every write checks the real path again (:func:`_real_folder`: each folder above
+    the member is a real folder, found with ``lstat``, no link followed), so a check that
+    was wrong about the disk (a case-folding file system, an entry that appeared since)
+    still cannot write outside. The writes are this module's own, not tarfile's
+    ``extractall``, whose filters were bypassed (CVE-2025-4517, -4138, -4330,
+    CVE-2024-12718) in the Python versions this project runs on. ``strip`` drops the
+    archive's top-level folder (``ESC-50-master/audio/x.wav`` -> ``audio/x.wav``).
     """
     target.mkdir(parents=True, exist_ok=True)
     tree = _Tree(target, archive)
@@ -295,43 +301,116 @@ def safe_extract(archive: Path, target: Path, strip: str | None = None) -> None:
                     plan.append((info, member))
             tree.finish()
             for info, member in plan:
-                _write_zip_member(bundle, info, member, target)
+                contents = (lambda i=info: bundle.open(i)) if member.kind == "file" else None
+                _write_member(target, member, contents, archive)
         return
     if not tarfile.is_tarfile(archive):
         raise DownloadError(f"{archive} is neither a tar nor a zip archive")
     with tarfile.open(archive) as bundle:
-        members = []
+        tar_plan = []
         for info in bundle.getmembers():
             member = _tar_member(info, strip, archive)
             if member is None:
                 continue
             tree.add(member)
-            info.name = "/".join(member.parts)
-            if member.kind == "hardlink":
-                info.linkname = member.link or ""
-            members.append(info)
+            tar_plan.append((info, member))
         tree.finish()
-        if hasattr(tarfile, "data_filter"):  # Python 3.11.4+: tarfile's own checks too
-            bundle.extractall(target, members=members, filter="data")
-        else:
-            for info in members:  # what the data filter would do to modes
-                info.mode = 0o755 if info.isdir() or info.mode & 0o100 else 0o644
-            bundle.extractall(target, members=members)
+        for info, member in tar_plan:
+            opener = (lambda i=info: bundle.extractfile(i)) if member.kind == "file" else None
+            _write_member(target, member, opener, archive, executable=bool(info.mode & 0o100))
 
 
-def _write_zip_member(
-    bundle: zipfile.ZipFile, info: zipfile.ZipInfo, member: _Member, target: Path
+def _refuse_write(archive: Path, member: _Member, why: str) -> NoReturn:
+    raise DownloadError(
+        f"archive {archive.name}: member {member.name!r} {why}; refusing to write it (the "
+        f"archive is not trustworthy)"
+    )
+
+
+def _real_folder(target: Path, parts: tuple[str, ...], member: _Member, archive: Path) -> Path:
+    """The folder ``target/parts``, created where missing, with every component checked
+    by ``lstat`` to be a real folder: a write below it cannot pass through a link."""
+    folder = target
+    for part in parts:
+        folder = folder / part
+        try:
+            info = os.lstat(folder)
+        except FileNotFoundError:
+            with contextlib.suppress(FileExistsError):  # made meanwhile: checked below
+                os.mkdir(folder, 0o755)
+            info = os.lstat(folder)
+        if stat.S_ISLNK(info.st_mode):
+            _refuse_write(archive, member, f"would be written through the link {str(folder)!r}")
+        if not stat.S_ISDIR(info.st_mode):
+            _refuse_write(archive, member, f"lies under {str(folder)!r}, which is not a folder")
+    return folder
+
+
+def _write_member(
+    target: Path,
+    member: _Member,
+    open_contents: Callable[[], IO[bytes] | None] | None,
+    archive: Path,
+    executable: bool = False,
 ) -> None:
-    """Write one checked zip entry. ``O_NOFOLLOW``: a file is never written through a link
-    at its own path, even one that appeared after the checks."""
-    destination = target.joinpath(*member.parts)
+    """Write one checked member, its real path checked again at the moment of writing."""
     if member.kind == "dir":
-        destination.mkdir(parents=True, exist_ok=True)
+        _real_folder(target, member.parts, member, archive)
         return
-    destination.parent.mkdir(parents=True, exist_ok=True)
+    folder = _real_folder(target, member.parts[:-1], member, archive)
+    destination = folder / member.parts[-1]
+    try:
+        existing = os.lstat(destination)
+    except FileNotFoundError:
+        existing = None
+    if existing is not None and not stat.S_ISREG(existing.st_mode):
+        _refuse_write(archive, member, "would replace something that is not a regular file")
     if member.kind == "symlink":
+        if existing is not None:
+            _refuse_write(archive, member, "is a link that would replace a file")
         os.symlink(member.link or "", destination)
         return
+    if member.kind == "hardlink":
+        linked = PurePosixPath(member.link or "").parts
+        source = _real_folder(target, linked[:-1], member, archive) / linked[-1]
+        if not stat.S_ISREG(os.lstat(source).st_mode):
+            _refuse_write(archive, member, "is a hard link to something that is not a file")
+        if existing is not None:
+            os.unlink(destination)
+        os.link(source, destination, follow_symlinks=False)
+        return
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
-    with bundle.open(info) as source, os.fdopen(os.open(destination, flags, 0o644), "wb") as sink:
+    mode = 0o755 if executable else 0o644  # no setuid, no group or world write
+    contents = open_contents() if open_contents else None
+    if contents is None:
+        _refuse_write(archive, member, "has no contents to read")
+    with contents as source, os.fdopen(os.open(destination, flags, mode), "wb") as sink:
         shutil.copyfileobj(source, sink, _BLOCK)
+
+
+def merge_tree(source: Path, target: Path) -> None:
+    """Move the extracted tree ``source`` into ``target``, where other archives of the same
+    dataset were extracted, without following any link: each archive is extracted into its
+    own fresh folder (checked against itself alone), then merged. Folders merge with
+    folders and a file replaces a file; a link meeting anything already there, or a folder
+    meeting a file, is refused, so no link can redirect another archive's members (archive
+    1 holding ``k -> .`` and archive 2 ``K/``, ``k/x -> ..`` and ``x/evil``)."""
+    target.mkdir(parents=True, exist_ok=True)
+    for entry in sorted(os.scandir(source), key=lambda item: item.name):
+        here, there = Path(entry.path), target / entry.name
+        try:
+            existing = os.lstat(there)
+        except FileNotFoundError:
+            os.rename(here, there)  # renames the entry itself: a link is moved, not followed
+            continue
+        mine = os.lstat(here)
+        if stat.S_ISDIR(mine.st_mode) and stat.S_ISDIR(existing.st_mode):
+            merge_tree(here, there)
+            continue
+        if stat.S_ISREG(mine.st_mode) and stat.S_ISREG(existing.st_mode):
+            os.replace(here, there)
+            continue
+        raise DownloadError(
+            f"two archives of the dataset both hold {entry.name!r} under {target}, and one "
+            f"of them is a link or they are of different kinds; refusing to merge them"
+        )
