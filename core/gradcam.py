@@ -40,6 +40,7 @@ class GradCamMaps:
     predicted: list[str]
     rows: np.ndarray  # the clips' cache rows
     layer: str  # the encoder layer the maps were taken at
+    map_size: tuple[int, int] = (0, 0)  # that layer's spatial size (1x1: constant maps)
 
 
 def target_layer(encoder: nn.Module) -> nn.Module | None:
@@ -69,9 +70,11 @@ def target_layer(encoder: nn.Module) -> nn.Module | None:
 
 def grad_cam(
     logits_of: Callable[[torch.Tensor], torch.Tensor], layer: nn.Module, inputs: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
     """Each input's activation map of its predicted class, ``(B, F, T)`` scaled to peak 1
-    (all zeros where no location speaks for the class), and that class ``(B,)``.
+    (all zeros where no location speaks for the class), that class ``(B,)``, and the
+    spatial size of ``layer``'s map (a 1x1 map, a small input through a deep trunk, makes
+    every map constant).
 
     ``logits_of`` maps ``inputs`` to logits through a network containing ``layer``; it
     should be in eval mode, so that the clips of a batch do not interact. The gradients
@@ -92,7 +95,8 @@ def grad_cam(
     cam = F.relu((weights * activation.detach().float()).sum(dim=1, keepdim=True))
     cam = F.interpolate(cam, size=inputs.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
     peak = cam.flatten(1).amax(dim=1).clamp_min(1e-12)[:, None, None]
-    return cam / peak, predicted
+    height, width = activation.shape[-2:]
+    return cam / peak, predicted, (int(height), int(width))
 
 
 def first_clip_per_class(targets: np.ndarray, limit: int = MAX_CLIPS) -> np.ndarray:
@@ -123,7 +127,7 @@ def trial_gradcam(
             inputs = frontend(cache.batch(rows).to(device)).float()
         if inputs.dim() == 3:  # (B, F, T): a one-channel front end
             inputs = inputs.unsqueeze(1)
-        maps, predicted = grad_cam(result.logits_of, layer, inputs)
+        maps, predicted, map_size = grad_cam(result.logits_of, layer, inputs)
     finally:
         method.train(was_training)
     names = result.class_names
@@ -137,4 +141,5 @@ def trial_gradcam(
         predicted=[names[int(k)] for k in predicted.cpu()],
         rows=rows,
         layer=layer_name,
+        map_size=map_size,
     )

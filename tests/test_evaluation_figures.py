@@ -119,12 +119,17 @@ def test_the_gradcam_figure_titles_each_clip_true_and_predicted(tmp_path: Path):
         predicted=["zero", "one", "one", "three", "four"],
         rows=np.arange(5),
         layer="trunk.layer4",
+        map_size=(5, 4),
     )
+    maps.maps[4] = 0.0  # nothing speaks for the predicted class
     figure = gradcam_figure(maps)
     titles = [axes.get_title() for axes in figure.axes]
     assert titles[2] == "true two\npredicted one" and len(titles) == 5
-    assert "trunk.layer4" in figure._suptitle.get_text()
+    assert titles[4] == "true four\npredicted four (no evidence)"
+    assert "trunk.layer4 (5x4 map)" in figure._suptitle.get_text()
     assert_png_not_blank(figure_png(figure))
+    maps.map_size = (1, 1)
+    assert "each clip's map is constant" in gradcam_figure(maps)._suptitle.get_text()
 
 
 def _record(trial: str, fold: int | None, status: str = FINISHED, seed: int = 0) -> TrialRecord:

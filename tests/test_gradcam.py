@@ -128,5 +128,6 @@ def test_the_map_of_a_real_recording_is_not_constant(fsdd_root: Path):
     assert maps.predicted == [str(int(k)) for k in expected]
     # The same maps from the function Grad-CAM is built on, on a batch of one: the clips
     # of a batch do not interact in eval mode.
-    single, _ = grad_cam(model, model.encoder.trunk.layer4, inputs[:1])
+    single, _, size = grad_cam(model, model.encoder.trunk.layer4, inputs[:1])
+    assert size == maps.map_size and min(size) > 1
     np.testing.assert_allclose(single[0].numpy(), maps.maps[0], atol=1e-4)

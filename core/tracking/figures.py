@@ -104,21 +104,29 @@ def roc_figure(result: EvaluationResult) -> Any:
 
 
 def gradcam_figure(maps: GradCamMaps) -> Any:
-    """Each clip's input spectrogram (first channel) with its Grad-CAM map over it, titled
-    with the true and the predicted class."""
+    """Each clip's input spectrogram (first channel) with its Grad-CAM map over it, the
+    more opaque the stronger, titled with the true and the predicted class; the title
+    says when the layer's map is 1x1 (every map is then constant)."""
     count = len(maps.images)
     columns = min(GRADCAM_COLUMNS, count)
     rows = -(-count // columns)
-    figure = new_figure(3.2 * columns, 2.9 * rows + 0.4)
+    figure = new_figure(3.2 * columns, 2.9 * rows + 0.6)
     for number, (image, heat) in enumerate(zip(maps.images, maps.maps, strict=True)):
         axes = figure.add_subplot(rows, columns, number + 1)
         axes.imshow(image, origin="lower", aspect="auto", cmap="gray")
-        axes.imshow(heat, origin="lower", aspect="auto", cmap="jet", alpha=0.45, vmin=0, vmax=1)
-        axes.set_title(f"true {maps.true[number]}\npredicted {maps.predicted[number]}",
-                       fontsize=8)  # fmt: skip
+        opacity = np.clip(0.65 * np.asarray(heat, dtype=np.float64), 0.0, 1.0)
+        axes.imshow(heat, origin="lower", aspect="auto", cmap="jet", alpha=opacity, vmin=0, vmax=1)
+        title = f"true {maps.true[number]}\npredicted {maps.predicted[number]}"
+        if not np.any(heat > 0):
+            title += " (no evidence)"
+        axes.set_title(title, fontsize=8)
         axes.set_xticks([])
         axes.set_yticks([])
-    figure.suptitle(f"Grad-CAM of the predicted class at {maps.layer}", fontsize=9)
+    height, width = maps.map_size
+    title = f"Grad-CAM of the predicted class at {maps.layer} ({height}x{width} map)"
+    if height * width == 1:
+        title += "\na 1x1 map at this input size: each clip's map is constant"
+    figure.suptitle(title, fontsize=9)
     figure.tight_layout()
     return figure
 
