@@ -24,6 +24,7 @@ from typing import Any, TextIO
 
 from ray import tune
 
+from core.names import check_name
 from core.sweep.disk import check_sweep_disk
 from core.sweep.errors import SweepError
 from core.sweep.grid_plan import (
@@ -65,6 +66,7 @@ def run_sweep(request: SweepRequest, stream: TextIO | None = None) -> SweepOutco
     """Validate, then run, resume or only report on a sweep (see the module docstring)."""
     stream = stream or sys.stdout  # looked up per call: callers may redirect stdout
     results_dir = Path(request.results_dir).expanduser().resolve()
+    check_request_names(request)
     if request.resume or request.report_only:
         return _continue_sweep(request, results_dir, stream)
     _, raw = read_space_file(request.space)
@@ -90,6 +92,21 @@ def run_sweep(request: SweepRequest, stream: TextIO | None = None) -> SweepOutco
     state, run_dir = _start(plan, request, resources, results_dir, stream)
     samples = plan.samples if isinstance(plan, SearchPlan) else 0
     return _run_and_finish(state, request, run_dir, stream, restore=False, samples=samples)
+
+
+def check_request_names(request: SweepRequest) -> None:
+    """The names a sweep joins to its results folder and MLflow, checked before anything
+    is read or written (:mod:`core.names`)."""
+    named = [
+        (request.run_name, "run", "--run-name"),
+        (request.experiment, "experiment", "--experiment"),
+    ]
+    for which in (request.resume, request.report_only):
+        if isinstance(which, str):
+            named.append((which, "run", "--resume/--report"))
+    for name, what, flag in named:
+        if name is not None:
+            check_name(name, what, flag)
 
 
 def _start(

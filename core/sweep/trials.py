@@ -14,6 +14,7 @@ from typing import Any
 
 from core.cells import CELL
 from core.config import ExperimentConfig
+from core.names import check_name
 
 
 def label_of(value: Any) -> str:
@@ -44,6 +45,9 @@ class Trial:
     coords: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        # A trial id names a Tune folder and an MLflow run: a YAML label such as "../x"
+        # must not become a path.
+        check_name(self.trial_id, "trial")
         if not self.cell_id:
             object.__setattr__(self, "cell_id", self.trial_id)
 
