@@ -11,6 +11,7 @@ arrive in the driver's store.
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,9 @@ def two_nodes(ray_cluster, node_server):
         cluster.remove_node(second)
 
 
+PLANTED = "planted-pw-5c1e"
+
+
 def test_a_trial_on_another_node_logs_to_the_drivers_server(
     two_nodes, node_server, node_ip, fsdd_root: Path, cache_dir: Path, tmp_path: Path
 ) -> None:
@@ -78,9 +82,11 @@ def test_a_trial_on_another_node_logs_to_the_drivers_server(
             address=cluster.address,
             worker_resources={"second_node": 1},
             controls=False,
-            tracking_uri=f"http://localhost:{port}",
+            # A password planted in the URI, as a user might pass it: it must reach no
+            # message, tag, state file, Tune parameter or MLflow record.
+            tracking_uri=f"http://clarlab:{PLANTED}@localhost:{port}",
             results_dir=tmp_path / "results",
-            command_line="pytest multinode",
+            command_line=f"pytest multinode --tracking-uri http://clarlab:{PLANTED}@localhost:{port}",
         ),
         stream=said,
     )
@@ -96,6 +102,14 @@ def test_a_trial_on_another_node_logs_to_the_drivers_server(
     assert {"loss", "test_top1"} <= set(child.data.metrics)
     parent = tracking_client(outcome.tracking_uri).get_run(outcome.parent_run_id)
     assert parent.info.status == "FINISHED"
+    assert "MLFLOW_TRACKING_PASSWORD" in shown and PLANTED not in shown
+    assert os.environ.pop("MLFLOW_TRACKING_PASSWORD") == PLANTED  # where the trials read it
+    os.environ.pop("MLFLOW_TRACKING_USERNAME")
+    for folder in (tmp_path / "results", node_server.folder):  # every file, binary included
+        holding = [
+            p for p in folder.rglob("*") if p.is_file() and PLANTED.encode() in p.read_bytes()
+        ]
+        assert not holding, f"the planted password is in {holding}"
 
 
 def test_a_two_worker_trial_spans_both_nodes_logs_over_http_and_gathers_the_batch(

@@ -58,6 +58,7 @@ from core.tracking import (
     mask_secrets,
     resolve_tracking_uri,
 )
+from core.tracking.server import take_uri_credentials
 
 FINISHERS = {"grid": finish_grid, "search": finish_search}
 
@@ -67,6 +68,15 @@ def run_sweep(request: SweepRequest, stream: TextIO | None = None) -> SweepOutco
     stream = stream or sys.stdout  # looked up per call: callers may redirect stdout
     results_dir = Path(request.results_dir).expanduser().resolve()
     check_request_names(request)
+    tracking_uri, moved = take_uri_credentials(request.tracking_uri)
+    if moved:
+        request = replace(request, tracking_uri=tracking_uri)
+        print(
+            "note: the user and password in --tracking-uri were moved into "
+            "MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD for this sweep, so that no log, "
+            "tag or state file holds them; export those instead",
+            file=stream,
+        )
     if request.resume or request.report_only:
         return _continue_sweep(request, results_dir, stream)
     _, raw = read_space_file(request.space)

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 import requests
 
@@ -66,6 +66,28 @@ def shown_uri(tracking_uri: str) -> str:
         return tracking_uri
     netloc = parsed.netloc.replace(f":{parsed.password}@", ":***@", 1)
     return parsed._replace(netloc=netloc).geturl()
+
+
+CREDENTIAL_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+
+
+def take_uri_credentials(tracking_uri: str | None) -> tuple[str | None, bool]:
+    """``tracking_uri`` without its ``user:password@``, which moves into this process's
+    ``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD`` (MLflow's documented way to
+    pass credentials; processes started from here, such as a local Ray cluster's trials,
+    inherit them). From here on no message, run tag, state file or Tune parameter can
+    carry the password, because nothing downstream holds it. Returns the URI and whether
+    credentials were moved."""
+    if not tracking_uri or "://" not in tracking_uri:
+        return tracking_uri, False
+    parsed = urlparse(tracking_uri)
+    if parsed.username is None and parsed.password is None:
+        return tracking_uri, False
+    os.environ[CREDENTIAL_ENV[0]] = unquote(parsed.username or "")
+    if parsed.password is not None:
+        os.environ[CREDENTIAL_ENV[1]] = unquote(parsed.password)
+    host = parsed.netloc.rpartition("@")[2]
+    return parsed._replace(netloc=host).geturl(), True
 
 
 _USERINFO_PASSWORD = re.compile(r"(://[^/@\s:]+):[^/@\s]+@")
