@@ -207,7 +207,9 @@ def test_the_cli_refuses_a_nearly_full_results_disk_before_ray_starts(
     environment = {**os.environ, MIN_FREE_ENV: str(int(free_mb(tmp_path)) + 10**9)}
     settings = _cli_settings(fsdd_root, cache_dir, epochs=1)
     if script[0].endswith("run_search"):  # fields a search samples cannot be --set
-        settings = [flag for flag in settings if "batch_size" not in flag and "proj_dim" not in flag]
+        settings = [
+            flag for flag in settings if "batch_size" not in flag and "proj_dim" not in flag
+        ]
     command = [
         sys.executable, "-m", *script, "--num-cpus", "1", "--results", str(results), *settings,
     ]  # fmt: skip
@@ -390,7 +392,12 @@ def test_a_sigkilled_driver_resumes_without_lost_or_duplicated_trials(
     results, marker = tmp_path / "results", tmp_path / "pause-marker"
     run_dir = results / "r"
     common = ["--results", str(results), "--progress-every", "600"]
-    common += ["--tracking-uri", f"sqlite:///{mlflow_store / 'mlflow.db'}", "--experiment", "pytest-sigkill"]
+    common += [
+        "--tracking-uri",
+        f"sqlite:///{mlflow_store / 'mlflow.db'}",
+        "--experiment",
+        "pytest-sigkill",
+    ]
     address = ray_cluster.cluster.address
     first_run = [
         "--augs", "PS", "FD", "--frontends", "stft3", "--no-controls", "--max-concurrent", "1",
@@ -422,7 +429,12 @@ def test_a_sigkilled_driver_resumes_without_lost_or_duplicated_trials(
         _sigkill_driver(driver)
     assert driver.process.returncode == -signal.SIGKILL
 
-    code = _run_driver(["--resume", "r", *common], tmp_path / "resume.log", address)
+    # A killed driver never recorded what Tune saved: the resume needs the user's word.
+    refused = _run_driver(["--resume", "r", *common], tmp_path / "refused.log", address)
+    assert refused == 2 and "no digests" in (tmp_path / "refused.log").read_text()
+    code = _run_driver(
+        ["--resume", "r", "--trust-results", *common], tmp_path / "resume.log", address
+    )
     assert code == 0, (tmp_path / "resume.log").read_text()
 
     trial_ids = {f"stft3-{a}-{b}" for a in ("PS", "FD") for b in ("PS", "FD")}
@@ -445,7 +457,12 @@ def _two_worker_run(
     """(first run's arguments, the arguments both runs share) of a one-cell grid whose
     trial is a 2-worker ``TorchTrainer`` (gloo) of two epochs, allowed one group restart."""
     common = ["--results", str(tmp_path / "results"), "--progress-every", "600"]
-    common += ["--tracking-uri", f"sqlite:///{mlflow_store / 'mlflow.db'}", "--experiment", experiment]
+    common += [
+        "--tracking-uri",
+        f"sqlite:///{mlflow_store / 'mlflow.db'}",
+        "--experiment",
+        experiment,
+    ]
     first_run = [
         "--augs", "FD", "--frontends", "stft3", "--no-controls", "--workers-per-trial", "2",
         "--max-failures", "1", "--run-name", "r", *common,
@@ -483,11 +500,15 @@ def test_a_two_worker_trial_restarts_its_worker_group_after_a_dead_worker(
     checkpoint was reported: Ray Train restarts the worker group from epoch 0's checkpoint
     (``--max-failures 1``) and the trial finishes in the run it started, epoch 1 logged
     once, with the callback's reports in Tune."""
-    first_run, _ = _two_worker_run(fsdd_root, cache_dir, mlflow_store, tmp_path, "pytest-dead-worker")
+    first_run, _ = _two_worker_run(
+        fsdd_root, cache_dir, mlflow_store, tmp_path, "pytest-dead-worker"
+    )
     killed = tmp_path / "kill"
     killed.touch()
     log = tmp_path / "first.log"
-    driver = _start_driver(first_run, log, ray_cluster.cluster.address, fault=f"kill_before_report:1:0:0:{killed}")
+    driver = _start_driver(
+        first_run, log, ray_cluster.cluster.address, fault=f"kill_before_report:1:0:0:{killed}"
+    )
     try:
         code = driver.process.wait(timeout=240)
     finally:
@@ -495,7 +516,9 @@ def test_a_two_worker_trial_restarts_its_worker_group_after_a_dead_worker(
     assert code == 0, log.read_text()
     assert not killed.exists(), "the worker was never killed"
     _assert_two_worker_run(tmp_path / "results" / "r", resumes=1)
-    result_lines = (tmp_path / "results" / "r" / "tune" / TWO_WORKER_CELL / "result.json").read_text()
+    result_lines = (
+        tmp_path / "results" / "r" / "tune" / TWO_WORKER_CELL / "result.json"
+    ).read_text()
     assert len(result_lines.splitlines()) >= 2  # the epochs the callback relayed to Tune
 
 
@@ -506,7 +529,9 @@ def test_a_two_worker_trial_resumes_its_trainers_checkpoint_after_a_dead_driver(
     """The driver of a 2-worker trial is SIGKILLed after epoch 1 reached MLflow and before
     its checkpoint was reported: ``--resume`` restores the trainer's epoch-0 checkpoint
     (its run name is stable per trial) and continues the run the checkpoint names."""
-    first_run, common = _two_worker_run(fsdd_root, cache_dir, mlflow_store, tmp_path, "pytest-dead-driver")
+    first_run, common = _two_worker_run(
+        fsdd_root, cache_dir, mlflow_store, tmp_path, "pytest-dead-driver"
+    )
     run_dir = tmp_path / "results" / "r"
     paused = tmp_path / "pause"
     paused.touch()
@@ -528,7 +553,8 @@ def test_a_two_worker_trial_resumes_its_trainers_checkpoint_after_a_dead_driver(
     finally:
         _sigkill_driver(driver)
 
-    code = _run_driver(["--resume", "r", *common], tmp_path / "resume.log", address, timeout_s=240)
+    resume = ["--resume", "r", "--trust-results", *common]  # killed: nothing recorded
+    code = _run_driver(resume, tmp_path / "resume.log", address, timeout_s=240)
     assert code == 0, (tmp_path / "resume.log").read_text()
     run = _assert_two_worker_run(run_dir, resumes=1)
     assert run.info.run_id == held.info.run_id  # the checkpoint's run, continued
@@ -550,7 +576,12 @@ def test_ctrl_c_then_resume_prints_one_line_per_failed_cell(
     torch.save({"not_a_resnet.weight": torch.zeros(3)}, misfit)
     address = ray_cluster.cluster.address
     common = ["--results", str(results), "--progress-every", "600"]
-    common += ["--tracking-uri", f"sqlite:///{mlflow_store / 'mlflow.db'}", "--experiment", "pytest-ctrl-c"]
+    common += [
+        "--tracking-uri",
+        f"sqlite:///{mlflow_store / 'mlflow.db'}",
+        "--experiment",
+        "pytest-ctrl-c",
+    ]
     first_run = [
         "--augs", "PS", "FD", "--frontends", "stft3", "--no-controls", "--max-concurrent", "1",
         "--run-name", "r1", "--cell-set", f"stft3-FD-FD:model.pretrained={misfit}", *common,
@@ -586,7 +617,9 @@ def test_ctrl_c_then_resume_prints_one_line_per_failed_cell(
     assert {run.info.status for run in before.values()} == {"FINISHED"}
     best_before = max(float(run.data.metrics["test_top1"]) for run in before.values())
 
-    code = _run_driver(["--resume", "r1", "--retry-failed", *common], tmp_path / "resume.log", address)
+    code = _run_driver(
+        ["--resume", "r1", "--retry-failed", *common], tmp_path / "resume.log", address
+    )
     shown = (tmp_path / "resume.log").read_text()
     assert code == 3, shown  # some cells failed
     assert "Traceback" not in shown and 'File "' not in shown, shown

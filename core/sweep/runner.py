@@ -51,6 +51,7 @@ from core.sweep.session import (
 )
 from core.sweep.spacefile import is_search, read_space_file
 from core.sweep.state import SWEEP_FILE, SweepState, find_sweep, unique_run_name
+from core.sweep.trust import ensure_tune_trusted, record_tune_state
 from core.tracking import (
     ParentRun,
     RunIdentity,
@@ -105,16 +106,13 @@ def run_sweep(request: SweepRequest, stream: TextIO | None = None) -> SweepOutco
 
 
 def check_request_names(request: SweepRequest) -> None:
-    """The names a sweep joins to its results folder and MLflow, checked before anything
-    is read or written (:mod:`core.names`)."""
-    named = [
+    """The names a new sweep joins to its results folder and MLflow, checked before
+    anything is read or written (:mod:`core.names`). ``--resume``/``--report-only`` take a
+    run name or a folder's path, which the trust registry checks instead."""
+    for name, what, flag in (
         (request.run_name, "run", "--run-name"),
         (request.experiment, "experiment", "--experiment"),
-    ]
-    for which in (request.resume, request.report_only):
-        if isinstance(which, str):
-            named.append((which, "run", "--resume/--report"))
-    for name, what, flag in named:
+    ):
         if name is not None:
             check_name(name, what, flag)
 
@@ -204,6 +202,7 @@ def _continue_sweep(request: SweepRequest, results_dir: Path, stream: TextIO) ->
     run_dir = find_sweep(results_dir, which, kind, ablation)
     SweepState.ensure_trusted(run_dir)  # before Tune unpickles anything from the folder
     state = SweepState.load(run_dir)
+    ensure_tune_trusted(run_dir, state.experiment_path, SWEEP_FILE)  # and Tune's own state
     if state.kind != kind:
         raise SweepError(
             f"{run_dir} holds a {state.kind}, and {path} is a {kind}; name the {state.kind}'s "
@@ -248,7 +247,10 @@ def _run_and_finish(
         run = {**grid_tune_run(state, request), "experiment_path": state.experiment_path}
     else:
         run = search_tune_run(state, request, run_dir, samples, stream)
-    fit_seconds = fit(state, request, run, restore=restore and state.kind == "grid")
+    try:
+        fit_seconds = fit(state, request, run, restore=restore and state.kind == "grid")
+    finally:  # ended or interrupted: what Tune saved is what the next resume may restore
+        record_tune_state(run_dir / SWEEP_FILE, state.experiment_path)
     if state.search is not None:
         state.search.invocations[-1]["fit_seconds"] = fit_seconds
         state.save(run_dir)

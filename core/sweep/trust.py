@@ -20,9 +20,16 @@ refuses a folder when
 - the file's bytes changed since clarlab wrote them (an edited trial list, a redirected
   ``experiment_path``).
 
-What it does not prove: that the pickles under ``tune/`` are the ones Tune wrote. Anyone
-who can write into a folder this user created can also replace those; the registry keeps
-out folders that came from elsewhere, not a local attacker with write access.
+Tune's own state (``tune/``: ``tuner.pkl``, the experiment state whose trials are
+pickles, the searcher's state, each trial's ``params.pkl``) is covered too: when a fit ends
+or is interrupted, :func:`record_tune_state` adds the SHA-256 of each of those files to the
+state file's entry, and :func:`ensure_tune_trusted` checks them before Tune restores
+anything: a replaced, added or removed file is refused. Checkpoint folders
+(``checkpoint_*``) are left out: clarlab loads them with ``torch.load(weights_only=True)``,
+which runs no code, and hashing them would cost a large sweep minutes. A fit killed before
+it could record (``kill -9``, a power cut) leaves digests that no longer match, and Tune
+state kept under a shared ``--storage-path`` can be written by others: both need the
+override to resume.
 
 The override is explicit: ``CLARLAB_TRUST_RESULTS=1`` or :func:`trust_results` (the
 CLI's ``--trust-results``). It records the folder, so later resumes need no override.
@@ -186,6 +193,9 @@ def record_trusted(state_file: Path) -> Path:
             with contextlib.suppress(OSError):
                 os.replace(registry, aside)
             print(f"clarlab: set aside {registry} ({problem}) as {aside}", file=sys.stderr)
+        previous = folders.get(_key(state_file))
+        if isinstance(previous, dict) and TUNE_KEY in previous:
+            entry[TUNE_KEY] = previous[TUNE_KEY]  # Tune's state changes only during a fit
         folders[_key(state_file)] = entry
         _write(registry, folders)
     return registry
@@ -253,4 +263,106 @@ def ensure_trusted(run_dir: Path, state_file: str = "sweep.json") -> None:
         f"pickles, and unpickling runs whatever code their author put in them. If you "
         f"trust where this folder came from, rerun with --trust-results (or "
         f"{TRUST_ENV}=1); clarlab then records it in {registry_path()}"
+    )
+
+
+# --- Tune's state under tune/ ---------------------------------------------------------------
+TUNE_KEY = "tune_sha256"
+
+
+def _restored_by_tune(root: Path, path: Path) -> bool:
+    """Whether Tune reads ``path`` back on a restore in a way that can run code: the
+    experiment folder's own files (``tuner.pkl``, the experiment and searcher state, whose
+    trials are pickles) and any pickle below. The trials' logs (``result.json``,
+    ``progress.csv``) are data Tune keeps appending to, read as JSON and CSV."""
+    return path.parent == root or path.suffix == ".pkl"
+
+
+def tune_digests(experiment_path: Path) -> dict[str, str]:
+    """SHA-256 of the files of Tune's experiment folder that a restore unpickles, by
+    relative path; a link is recorded as its target (it is never followed), checkpoint
+    folders are skipped."""
+    root = Path(experiment_path)
+    digests: dict[str, str] = {}
+    for folder, names, files in os.walk(root, followlinks=False):
+        names[:] = sorted(name for name in names if not name.startswith("checkpoint_"))
+        links = [name for name in names if os.path.islink(os.path.join(folder, name))]
+        for name in sorted(files) + links:
+            path = Path(folder) / name
+            if not _restored_by_tune(root, path) and not path.is_symlink():
+                continue
+            relative = str(path.relative_to(root))
+            if path.is_symlink():
+                digests[relative] = f"link:{os.readlink(path)}"
+                continue
+            digest = hashlib.sha256()
+            with path.open("rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+            digests[relative] = digest.hexdigest()
+    return digests
+
+
+def record_tune_state(state_file: Path, experiment_path: str) -> None:
+    """Add the digests of Tune's state to ``state_file``'s registry entry (a fit just ended
+    or was interrupted); a remote storage path cannot be hashed here and is left out."""
+    if "://" in experiment_path or not Path(experiment_path).is_dir():
+        return
+    registry = registry_path()
+    digests = tune_digests(Path(experiment_path))
+    with _locked(registry):
+        folders, problem = _load(registry)
+        entry = folders.get(_key(state_file))
+        if problem is not None or not isinstance(entry, dict):
+            return  # nothing of ours to add to: the next resume needs the override anyway
+        entry[TUNE_KEY] = digests
+        _write(registry, folders)
+
+
+def _why_tune_untrusted(state_file: Path, run_dir: Path, experiment_path: str) -> str | None:
+    """``None`` if Tune's state is as clarlab last recorded it, else the reason."""
+    inside = "://" not in experiment_path and Path(experiment_path).resolve().is_relative_to(
+        Path(run_dir).resolve()
+    )
+    if not inside:
+        return (
+            f"Tune's state is kept in {experiment_path}, outside the results folder (a shared "
+            f"storage path others may write)"
+        )
+    if not Path(experiment_path).is_dir():
+        return None  # Tune saved nothing: the sweep starts its trials afresh
+    folders, _ = _load(registry_path())
+    recorded = (folders.get(_key(state_file)) or {}).get(TUNE_KEY)
+    if not isinstance(recorded, dict):
+        return (
+            f"no digests of {experiment_path} were recorded (the sweep's process ended before "
+            f"it could record them, e.g. killed)"
+        )
+    found = tune_digests(Path(experiment_path))
+    changed = sorted(
+        name for name in set(found) | set(recorded) if found.get(name) != recorded.get(name)
+    )
+    if changed:
+        shown = ", ".join(changed[:5]) + (" ..." if len(changed) > 5 else "")
+        return f"Tune's state changed since clarlab recorded it: {shown}"
+    return None
+
+
+def ensure_tune_trusted(
+    run_dir: Path, experiment_path: str, state_file: str = "sweep.json"
+) -> None:
+    """Refuse to restore Tune's state unless it is what clarlab recorded (see the module
+    docstring); the override lets it through once, said on stderr, and records it."""
+    path = Path(run_dir) / state_file
+    reason = _why_tune_untrusted(path, run_dir, experiment_path)
+    if reason is None:
+        return
+    if _override_requested():
+        record_tune_state(path, experiment_path)
+        print(f"clarlab: trusting Tune's state on request ({reason})", file=sys.stderr, flush=True)
+        return
+    raise UntrustedResultsError(
+        f"refusing to resume or report on {Path(run_dir).resolve()}: {reason}. Tune's state "
+        f"is pickled, and unpickling runs whatever code its author put in it. If you trust "
+        f"it, rerun with --trust-results (or {TRUST_ENV}=1)"
     )
