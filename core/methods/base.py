@@ -7,8 +7,17 @@ momentum encoders, EMA teachers, prototype normalisation. Everything a method ow
 (heads, momentum copies, queues, DINO's center) is a submodule or registered buffer, so
 ``state_dict()`` checkpoints it and DDP/SyncBatchNorm see it.
 
-Under DDP call ``on_after_optimizer_step`` on the wrapped module (``ddp.module``); its
-updates are deterministic, so every worker stays in sync without communication.
+Some published recipes change with the epoch (SwAV's prototypes and DINO's last layer are
+held still during the first epoch, SwAV's queue starts later). The training loop calls
+``on_epoch_start(epoch)`` before each epoch's first step, and ``on_before_optimizer_step()``
+after backward and gradient clipping, before the optimizer steps: it drops the gradients
+of ``frozen_parameters()``, so the optimizer skips them (no update, no momentum, no weight
+decay). A loop of your own that trains such a method should call both.
+
+Under DDP call these hooks on the wrapped module (``ddp.module``); their updates depend
+only on the epoch and the step, so every worker does the same without communication.
+Gradients are dropped after DDP has averaged them, so every parameter still takes part
+in every backward (no unused-parameter errors).
 
 Adding a method: a config class with its published defaults in
 :mod:`core.methods.configs`, a :class:`Method` subclass implementing ``forward``, and the
@@ -76,9 +85,23 @@ class Method(nn.Module):
             persistent=False,
         )
         self.use_class_weights = class_weights is not None
+        self.epoch = 0  # set by on_epoch_start; counts from 0
 
     def forward(self, view1: Tensor, view2: Tensor, labels: Tensor) -> dict[str, Tensor]:
         raise NotImplementedError
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Called before the first step of epoch ``epoch`` (from 0, also after a resume)."""
+        self.epoch = epoch
+
+    def frozen_parameters(self) -> list[nn.Parameter]:
+        """Parameters the method's recipe holds still at ``self.epoch`` (none here)."""
+        return []
+
+    def on_before_optimizer_step(self) -> None:
+        """Drop the gradients of :meth:`frozen_parameters` so the optimizer skips them."""
+        for parameter in self.frozen_parameters():
+            parameter.grad = None
 
     def on_after_optimizer_step(self, progress: float) -> None:
         """Non-gradient updates after each optimizer step; ``progress`` in [0, 1]."""

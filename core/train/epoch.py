@@ -96,6 +96,7 @@ def train_epoch(trial: TrialParts, epoch: int) -> dict[str, float]:
     cfg, context, data = trial.cfg, trial.context, trial.data
     rank, world, device = context.rank, context.world_size, context.device
     trial.model.train()
+    trial.method.on_epoch_start(epoch)
     generator = torch.Generator(device=device)
     generator.manual_seed(epoch_seed(cfg.train.seed, epoch, rank, 1))
     sums: dict[str, Tensor] = {}
@@ -156,8 +157,9 @@ def train_step(
     trial: TrialParts, views: list[Tensor], labels: Tensor, epoch: int, step: int
 ) -> dict[str, Tensor]:
     """Forward the views (two, or one with ``None`` for the second; under autocast where
-    AMP is on), check the loss, step the optimizer, the learning-rate schedule and the
-    method's momentum updates."""
+    AMP is on), check the loss, step the optimizer (after the method has dropped the
+    gradients of the parameters its recipe holds still this epoch), the learning-rate
+    schedule and the method's momentum updates."""
     cfg, device = trial.cfg, trial.context.device
     autocast = (
         torch.autocast(device.type, dtype=trial.amp_dtype)
@@ -183,6 +185,7 @@ def train_step(
     if cfg.train.grad_clip:
         scaler.unscale_(optimizer)
         nn.utils.clip_grad_norm_(trial.model.parameters(), cfg.train.grad_clip)
+    trial.method.on_before_optimizer_step()  # drops the gradients of frozen parameters
     scaler.step(optimizer)
     scaler.update()
     trial.schedule.step_batch()
