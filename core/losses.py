@@ -365,6 +365,15 @@ def sinkhorn(scores: Tensor, epsilon: float = 0.05, iterations: int = 3) -> Tens
     return torch.exp(log_codes + math.log(batch)).T
 
 
+def _batch_codes(scores: Tensor, queued: Tensor | None, epsilon: float, iterations: int) -> Tensor:
+    """Sinkhorn codes of the batch's ``scores``; with ``queued`` (the scores of past
+    features) the equipartition spans both, and the batch's rows are returned."""
+    if queued is None:
+        return sinkhorn(scores.detach(), epsilon, iterations)
+    both = torch.cat([queued.detach().float(), scores.detach().float()])
+    return sinkhorn(both, epsilon, iterations)[-scores.shape[0] :]
+
+
 @fp32
 def swav_loss(
     scores1: Tensor,
@@ -372,14 +381,20 @@ def swav_loss(
     temperature: float = 0.1,
     epsilon: float = 0.05,
     iterations: int = 3,
+    queued1: Tensor | None = None,
+    queued2: Tensor | None = None,
 ) -> Tensor:
     """SwAV swapped prediction: the codes of one view are predicted from the other's
     prototype scores (Caron et al. 2020), averaged over both directions.
+
+    ``queued1`` / ``queued2``: each view's prototype scores of past batches' features
+    (SwAV's queue for small batches). They join only the Sinkhorn step, so the codes are
+    an equipartition over more samples; the loss covers the current batch alone.
     """
     _check_pair(scores1, scores2, "swav_loss")
     _check_temperature(temperature)
-    q1 = sinkhorn(scores1.detach(), epsilon, iterations)
-    q2 = sinkhorn(scores2.detach(), epsilon, iterations)
+    q1 = _batch_codes(scores1, queued1, epsilon, iterations)
+    q2 = _batch_codes(scores2, queued2, epsilon, iterations)
     log_p1 = F.log_softmax(scores1.float() / temperature, dim=1)
     log_p2 = F.log_softmax(scores2.float() / temperature, dim=1)
     return -0.5 * ((q1 * log_p2).sum(dim=1).mean() + (q2 * log_p1).sum(dim=1).mean())

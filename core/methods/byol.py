@@ -16,9 +16,11 @@ class BYOL(Method):
 
     def __init__(self, cfg, encoder, num_classes, class_weights=None):
         super().__init__(cfg, encoder, num_classes, class_weights)
-        self.head = self._projection_head()
-        dim, hidden = cfg.model.proj_dim, cfg.model.proj_hidden_dim
-        self.predictor = mlp([dim, hidden, dim], batch_norm=True)
+        method = cfg.method
+        # Projector and predictor: one hidden layer of 4096 with batch norm and ReLU, 256 out.
+        dim = method.projector_dim
+        self.head = mlp([self.feature_dim, method.projector_hidden_dim, dim], batch_norm=True)
+        self.predictor = mlp([dim, method.predictor_hidden_dim, dim], batch_norm=True)
         self.target_encoder = momentum_copy(self.encoder)
         self.target_head = momentum_copy(self.head)
 

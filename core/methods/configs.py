@@ -9,16 +9,29 @@ Defaults are the values of the method's own paper, so a cross-method comparison 
 biased by one method running with another's settings:
 
 =============  ============================================================================
-simclr, clar   tau 0.5 (SimCLR's batch-1024+ setting, CLAR 3.3)
-moco           tau 0.07, key-encoder momentum 0.999, queue 65,536 (He et al. 2020)
-mocov2         tau 0.2, momentum 0.999, queue 65,536, MLP head (Chen et al. 2020)
-byol           base momentum 0.996, cosine-scheduled to 1 (Grill et al. 2020)
-barlow_twins   lambda 5e-3 (Zbontar et al. 2021)
+simclr, clar   tau 0.5 (SimCLR's batch-1024+ setting, CLAR 3.3); CLAR's head, read from
+               ``model.proj_hidden_dim`` / ``model.proj_dim`` (the projection ablation's axis)
+moco           tau 0.07, key-encoder momentum 0.999, queue 65,536; linear head to 128
+               (He et al. 2020)
+mocov2         tau 0.2, momentum 0.999, queue 65,536; MLP head 2048 (ReLU) -> 128
+               (Chen, Fan, Girshick, He 2020)
+byol           base momentum 0.996, cosine-scheduled to 1; projector 4096 (BN, ReLU) -> 256,
+               predictor 256 -> 4096 (BN, ReLU) -> 256 (Grill et al. 2020)
+barlow_twins   lambda 5e-3; projector of three 8192-unit layers, BN and ReLU after the first
+               two (Zbontar et al. 2021)
 dino           teacher tau 0.04, student tau 0.1, centre momentum 0.9, teacher momentum
-               0.996 to 1, 65,536 prototypes (Caron et al. 2021)
-swav           tau 0.1, Sinkhorn epsilon 0.05 and 3 iterations, 3,000 prototypes
+               0.996 to 1; head 2048 -> 2048 (GELU) -> 256, L2-normalised, weight-normalised
+               last layer (gain fixed to 1) to 65,536, frozen in the first epoch
+               (Caron et al. 2021)
+swav           tau 0.1, Sinkhorn epsilon 0.05 and 3 iterations; projector 2048 (BN, ReLU)
+               -> 128, 3,000 prototypes frozen in the first epoch; below a global batch of
+               256, a queue of 3,840 past features in the Sinkhorn step from epoch 15
                (Caron et al. 2020)
 =============  ============================================================================
+
+The heads of MoCo, BYOL, Barlow Twins, DINO and SwAV are fields of their own configs
+(``method.projector_dim`` and so on); ``model.proj_dim`` / ``model.proj_hidden_dim`` shape
+only the SimCLR / CLAR head.
 
 A search space or ``--set method.<field>=...`` overrides any of them; a field the named
 method does not have is an error that lists the fields it has.
@@ -200,6 +213,8 @@ class _MoCoBase(MethodConfig):
     momentum: float = Field(0.999, ge=0, le=1)  # key encoder EMA
     reported: ClassVar[tuple[str, ...]] = ("loss", "info_nce", "contrastive_accuracy")
     queue_size: int = Field(65_536, gt=0)
+    # Output of the projection head: 128 in MoCo v1 ("fc 128", He et al. 2020) and v2.
+    projector_dim: int = Field(128, gt=0)
 
     def fitted_to(self, train_clips: int, global_batch: int) -> tuple[MethodConfig, str | None]:
         """A queue longer than the training split is capped at the largest multiple of the
@@ -238,33 +253,46 @@ class MoCoConfig(_MoCoBase):
 
 @register_method(implementation="core.methods.moco:MoCoV2")
 class MoCoV2Config(_MoCoBase):
-    """MoCo v2 (Chen et al. 2020): MoCo with an MLP head and tau 0.2."""
+    """MoCo v2 (Chen, Fan, Girshick, He 2020, "Improved Baselines"): MoCo with a
+    two-layer MLP head (2048 hidden, ReLU, 128 out) and tau 0.2."""
 
     name: Literal["mocov2"] = "mocov2"
     temperature: float = Field(0.2, gt=0)
+    projector_hidden_dim: int = Field(2048, gt=0)  # MoCo v2's MLP head: hidden 2048
 
 
 @register_method(implementation="core.methods.byol:BYOL")
 class BYOLConfig(MethodConfig):
-    """BYOL (Grill et al. 2020)."""
+    """BYOL (Grill et al. 2020): projector and predictor are both MLPs with one hidden
+    layer of 4096 units (batch norm, ReLU) and a 256-d output."""
 
     name: Literal["byol"] = "byol"
     reported: ClassVar[tuple[str, ...]] = ("loss", "byol")
     momentum: float = Field(0.996, ge=0, le=1)  # base of the cosine schedule to 1
+    projector_hidden_dim: int = Field(4096, gt=0)  # BYOL's projector: hidden 4096
+    projector_dim: int = Field(256, gt=0)  # BYOL's projector: output 256
+    predictor_hidden_dim: int = Field(4096, gt=0)  # BYOL's predictor: the projector's shape
 
 
 @register_method(implementation="core.methods.barlow_twins:BarlowTwins")
 class BarlowTwinsConfig(MethodConfig):
-    """Barlow Twins (Zbontar et al. 2021)."""
+    """Barlow Twins (Zbontar et al. 2021): a projector of three linear layers of 8192
+    units, the first two followed by batch norm and ReLU. Its accuracy falls with smaller
+    projectors (the paper's ablation of the projector's size), so 8192 is part of the
+    method, not a detail."""
 
     name: Literal["barlow_twins"] = "barlow_twins"
     reported: ClassVar[tuple[str, ...]] = ("loss", "barlow_twins")
     lambda_offdiag: float = Field(5e-3, ge=0)  # weight of the redundancy-reduction term
+    projector_hidden_dim: int = Field(8192, gt=0)  # Barlow Twins: 8192 in both hidden layers
+    projector_dim: int = Field(8192, gt=0)  # ... and in the output layer
 
 
 @register_method(implementation="core.methods.dino:DINO")
 class DINOConfig(MethodConfig):
-    """DINO (Caron et al. 2021) with two views."""
+    """DINO (Caron et al. 2021) with two views. The head: a three-layer MLP (hidden 2048,
+    GELU) to a 256-d bottleneck, L2-normalised, then a weight-normalised linear layer to
+    ``out_dim``, held still during the first epoch (DINO's ``freeze_last_layer``)."""
 
     name: Literal["dino"] = "dino"
     reported: ClassVar[tuple[str, ...]] = ("loss", "dino")
@@ -273,15 +301,30 @@ class DINOConfig(MethodConfig):
     student_temperature: float = Field(0.1, gt=0)
     center_momentum: float = Field(0.9, ge=0, le=1)
     momentum: float = Field(0.996, ge=0, le=1)  # teacher EMA, cosine-scheduled to 1
+    head_hidden_dim: int = Field(2048, gt=0)  # DINO's head: hidden_dim 2048
+    bottleneck_dim: int = Field(256, gt=0)  # DINO's head: bottleneck_dim 256
+    # The last layer's weight-norm gain fixed to 1 (DINO's norm_last_layer=True).
+    norm_last_layer: bool = True
+    # Epochs during which the last layer gets no update (DINO's freeze_last_layer=1).
+    freeze_last_layer_epochs: int = Field(1, ge=0)
 
     @property
     def temperature_shown(self) -> float | None:
         return self.student_temperature
 
 
+# SwAV's queue helps "when the batch is under 256" (Caron et al. 2020);
+# at 256 and above the batch alone is large enough for the Sinkhorn step.
+SWAV_QUEUE_BELOW_BATCH = 256
+
+
 @register_method(implementation="core.methods.swav:SwAV")
 class SwAVConfig(MethodConfig):
-    """SwAV (Caron et al. 2020): swapped prediction of Sinkhorn-Knopp codes."""
+    """SwAV (Caron et al. 2020): swapped prediction of Sinkhorn-Knopp codes.
+
+    Below a global batch of 256 the Sinkhorn step also sees a queue of past batches'
+    features (its codes are then an equipartition over more samples than prototypes);
+    the loss still covers only the current batch."""
 
     name: Literal["swav"] = "swav"
     reported: ClassVar[tuple[str, ...]] = ("loss", "swav")
@@ -289,6 +332,47 @@ class SwAVConfig(MethodConfig):
     prototypes: int = Field(3_000, gt=0)
     epsilon: float = Field(0.05, gt=0)
     sinkhorn_iterations: int = Field(3, gt=0)
+    projector_hidden_dim: int = Field(2048, gt=0)  # SwAV's code: hidden_mlp 2048 (BN, ReLU)
+    projector_dim: int = Field(128, gt=0)  # SwAV's code: feat_dim 128
+    # Past features in the Sinkhorn step, 0 for none: 3840 for batch 256 (SwAV's code,
+    # queue_length 3840), used only below a global batch of SWAV_QUEUE_BELOW_BATCH.
+    queue_length: int = Field(3_840, ge=0)
+    # The epoch from which the queue fills and is used (SwAV's code, epoch_queue_starts 15):
+    # early in training the features change too fast to be worth keeping.
+    queue_start_epoch: int = Field(15, ge=0)
+    # Epochs during which the prototypes get no update (SwAV's freeze_prototypes_niters,
+    # 313 iterations = one ImageNet epoch at batch 4096).
+    freeze_prototypes_epochs: int = Field(1, ge=0)
+
+    def uses_queue(self, global_batch: int) -> bool:
+        """Whether a trial at ``global_batch`` keeps a queue of past features."""
+        return self.queue_length > 0 and global_batch < SWAV_QUEUE_BELOW_BATCH
+
+    def fitted_to(self, train_clips: int, global_batch: int) -> tuple[MethodConfig, str | None]:
+        """The queue in whole global batches (SwAV's code rounds it down the same way) and
+        no longer than the training split: a longer one would hold the same clips twice."""
+        if not self.uses_queue(global_batch):
+            return self, None
+        longest = min(self.queue_length, train_clips)
+        fitted = max(global_batch, longest // global_batch * global_batch)
+        if fitted == self.queue_length:
+            return self, None
+        note = (
+            f"method.queue_length={self.queue_length} is set to {fitted}, the largest "
+            f"multiple of the global batch ({global_batch}) that fits both it and the "
+            f"training split ({train_clips} clips); set method.queue_length to choose "
+            f"another, 0 for none"
+        )
+        return self.model_copy(update={"queue_length": fitted}), note
+
+    def check(self, experiment: ExperimentSections) -> None:
+        super().check(experiment)
+        batch = experiment.train.batch_size
+        if self.uses_queue(batch) and self.queue_length < batch:
+            raise ValueError(
+                f"method.queue_length={self.queue_length} is shorter than one global "
+                f"train.batch_size={batch}: set it to a multiple of the batch, or 0 for no queue"
+            )
 
 
 def parse_method(raw: Any) -> MethodConfig:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from core import losses
 from core.methods.base import Method, ema_update, momentum_copy
@@ -12,13 +13,20 @@ from core.models.heads import DINOHead
 class DINO(Method):
     """DINO (Caron et al. 2021) with two views: the student matches the centred,
     sharpened output of an EMA teacher of the other view.
+
+    The student's last layer gets no update during the first ``freeze_last_layer_epochs``
+    (DINO's ``freeze_last_layer``; its code notes that this helps training).
     """
 
     def __init__(self, cfg, encoder, num_classes, class_weights=None):
         super().__init__(cfg, encoder, num_classes, class_weights)
-        model, method = cfg.model, cfg.method
+        method = cfg.method
         self.head = DINOHead(
-            self.feature_dim, model.proj_hidden_dim, model.proj_dim, method.out_dim
+            self.feature_dim,
+            method.head_hidden_dim,
+            method.bottleneck_dim,
+            method.out_dim,
+            norm_last_layer=method.norm_last_layer,
         )
         self.teacher_encoder = momentum_copy(self.encoder)
         self.teacher_head = momentum_copy(self.head)
@@ -39,6 +47,11 @@ class DINO(Method):
         if self.training:
             losses.dino_center_update(self.center, teacher, self.cfg.center_momentum)
         return {"loss": loss, "dino": loss.detach()}
+
+    def frozen_parameters(self) -> list[nn.Parameter]:
+        if self.epoch < self.cfg.freeze_last_layer_epochs:
+            return list(self.head.last_layer.parameters())
+        return []
 
     def on_after_optimizer_step(self, progress):
         momentum = losses.cosine_momentum(self.cfg.momentum, progress)

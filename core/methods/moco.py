@@ -8,6 +8,7 @@ from torch import nn
 
 from core import losses
 from core.methods.base import Method, ema_update, momentum_copy
+from core.models.heads import mlp
 
 
 class MoCo(Method):
@@ -25,13 +26,14 @@ class MoCo(Method):
         self.head = self._build_head()
         self.momentum_encoder = momentum_copy(self.encoder)
         self.momentum_head = momentum_copy(self.head)
-        dim = cfg.model.proj_dim
+        dim = cfg.method.projector_dim
         queue = F.normalize(torch.randn(cfg.method.queue_size, dim), dim=1)
         self.register_buffer("queue", queue)
         self.register_buffer("queue_pointer", torch.zeros(1, dtype=torch.long))
 
     def _build_head(self) -> nn.Module:
-        return nn.Linear(self.feature_dim, self._model_cfg.proj_dim)
+        """MoCo v1's head: one linear layer to ``projector_dim`` (128, "fc 128")."""
+        return nn.Linear(self.feature_dim, self.cfg.projector_dim)
 
     def forward(self, view1, view2, labels):
         query = self.head(self.encoder(view1))
@@ -53,7 +55,9 @@ class MoCo(Method):
 
 
 class MoCoV2(MoCo):
-    """MoCo v2 (Chen et al. 2020): MoCo with an MLP projection head."""
+    """MoCo v2 (Chen, Fan, Girshick, He 2020): MoCo with an MLP projection head."""
 
     def _build_head(self) -> nn.Module:
-        return self._projection_head()
+        """Two linear layers with ReLU, no batch norm: 2048 hidden, 128 out."""
+        method = self.cfg
+        return mlp([self.feature_dim, method.projector_hidden_dim, method.projector_dim])

@@ -8,16 +8,25 @@ evaluation head can also be one linear layer (linear probing, QUACLRS).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+_RELU = partial(nn.ReLU, inplace=True)
 
-def mlp(dims: Sequence[int], batch_norm: bool = False) -> nn.Sequential:
-    """Linear layers through ``dims`` with ReLU (and optionally BatchNorm) between them.
+
+def mlp(
+    dims: Sequence[int],
+    batch_norm: bool = False,
+    activation: Callable[[], nn.Module] = _RELU,
+) -> nn.Sequential:
+    """Linear layers through ``dims`` with ``activation`` (ReLU unless told; optionally
+    after BatchNorm) between them.
 
     The last layer is plain linear: no activation, so logits and embeddings are unbounded.
+    A linear layer followed by batch norm has no bias (the norm's shift replaces it).
     """
     if len(dims) < 2 or min(dims) < 1:
         raise ValueError(f"an MLP needs at least two positive sizes, got {list(dims)}")
@@ -28,7 +37,7 @@ def mlp(dims: Sequence[int], batch_norm: bool = False) -> nn.Sequential:
         if not last:
             if batch_norm:
                 layers.append(nn.BatchNorm1d(d_out))
-            layers.append(nn.ReLU(inplace=True))
+            layers.append(activation())
     return nn.Sequential(*layers)
 
 
@@ -56,18 +65,36 @@ class EvaluationHead(ProjectionHead):
 
 
 class DINOHead(nn.Module):
-    """DINO's head: an MLP to a bottleneck, L2 normalisation, then a weight-normalised
-    linear layer to ``out_dim`` logits whose norm (``g``) is frozen at 1 (Caron et al. 2021).
+    """DINO's head (Caron et al. 2021): a three-layer MLP with GELU to a bottleneck, L2
+    normalisation, then a weight-normalised linear layer without bias to ``out_dim``
+    logits.
+
+    With ``norm_last_layer`` (DINO's default) the weight-norm gain ``g`` is fixed at 1, so
+    every output unit is a unit vector: the paper found this stabilises training. The MLP's
+    linear layers start from a truncated normal with std 0.02 and zero bias, as in DINO's
+    code; the last layer keeps PyTorch's default initialisation, as there.
     """
 
-    def __init__(self, in_dim: int, hidden_dim: int, bottleneck_dim: int, out_dim: int):
+    def __init__(
+        self,
+        in_dim: int,
+        hidden_dim: int,
+        bottleneck_dim: int,
+        out_dim: int,
+        norm_last_layer: bool = True,
+    ) -> None:
         super().__init__()
-        self.mlp = mlp([in_dim, hidden_dim, hidden_dim, bottleneck_dim])
+        self.mlp = mlp([in_dim, hidden_dim, hidden_dim, bottleneck_dim], activation=nn.GELU)
+        for layer in self.mlp:
+            if isinstance(layer, nn.Linear):
+                nn.init.trunc_normal_(layer.weight, std=0.02)
+                nn.init.zeros_(layer.bias)
         self.last_layer = nn.utils.parametrizations.weight_norm(
             nn.Linear(bottleneck_dim, out_dim, bias=False)
         )
-        self.last_layer.parametrizations.weight.original0.data.fill_(1.0)
-        self.last_layer.parametrizations.weight.original0.requires_grad = False
+        gain = self.last_layer.parametrizations.weight.original0
+        gain.data.fill_(1.0)
+        gain.requires_grad_(not norm_last_layer)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.last_layer(F.normalize(self.mlp(x), dim=-1))
