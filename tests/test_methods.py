@@ -208,7 +208,8 @@ def test_each_method_gets_its_published_defaults_without_any_setting():
     for name, values in published.items():
         method = ExperimentConfig.from_dict({"method": {"name": name}}).method
         assert {key: getattr(method, key) for key in values} == values, name
-    assert {name for name in METHODS if METHODS[name].config.uses_labels} == {"supervised", "clar"}
+    labelled = {name for name in METHODS if METHODS[name].config.uses_labels}
+    assert labelled == {"supervised", "clar", "linear_probe"}
 
 
 def test_a_field_the_method_does_not_have_lists_the_fields_it_has():

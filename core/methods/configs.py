@@ -187,6 +187,18 @@ class SupervisedConfig(MethodConfig):
     views: ClassVar[int] = 1
 
 
+@register_method(implementation="core.methods.linear_probe:LinearProbe")
+class LinearProbeConfig(MethodConfig):
+    """Linear probing (QUACLRS Tables 5-8): the encoder frozen as loaded (ImageNet's or
+    random weights), one linear layer trained with cross-entropy and scored as the
+    network's own classifier."""
+
+    name: Literal["linear_probe"] = "linear_probe"
+    reported: ClassVar[tuple[str, ...]] = ("loss", "ce", "accuracy")
+    uses_labels: ClassVar[bool] = True
+    views: ClassVar[int] = 1
+
+
 @register_method(implementation="core.methods.simclr:SimCLR")
 class SimCLRConfig(MethodConfig):
     """SimCLR's NT-Xent (Chen et al. 2020); CLAR's self-supervised setting."""
