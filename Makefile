@@ -6,7 +6,6 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CLARLAB_DATA ?= $(abspath ../shared/datasets)
 export CLARLAB_DATA
-export RAY_AUTH_MODE ?= disabled
 # Two lanes (pytest-xdist; tests/conftest.py groups the tests that share a module fixture
 # and puts the Ray tests first, kept in that order), and the slowest tests in every run
 # (and in CI's output), to see what grew.

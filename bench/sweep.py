@@ -26,7 +26,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("CLARLAB_DATA", str(Path(__file__).resolve().parents[2] / "shared/datasets"))
 
 from core.sweep import SweepRequest, init_ray, prepare_grid, run_sweep  # noqa: E402

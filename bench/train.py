@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -71,7 +70,6 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=16, help="ResNet base width")
     parser.add_argument("--gpu", action="store_true", help="also measure on CUDA (AMP on)")
     args = parser.parse_args()
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
     devices = [torch.device("cpu")]
     if args.gpu and torch.cuda.is_available():

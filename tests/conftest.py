@@ -4,6 +4,9 @@ the one Ray cluster of the session, and an MLflow server per module that needs o
 from __future__ import annotations
 
 import os
+import secrets
+import shutil
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +15,22 @@ from typing import Any
 import pytest
 
 from tests.servers import MlflowServer
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Token authentication for every Ray the tests start or join, as every clarlab
+    cluster runs: the session's own token in a file of its own (never the user's
+    ~/.ray/auth_token). Set before any test module imports Ray, which reads the mode into
+    its config at import; the drivers the fault tests start inherit both variables, as a
+    `ray submit` on a node would."""
+    folder = Path(tempfile.mkdtemp(prefix="clarlab-ray-token-"))
+    token = folder / "ray_auth_token"
+    token.write_text(secrets.token_hex(32))
+    token.chmod(0o600)
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(token)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    config.add_cleanup(lambda: shutil.rmtree(folder, ignore_errors=True))
 
 
 def _data_root() -> Path | None:
@@ -112,7 +131,6 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SessionRay
     folder = tmp_path_factory.mktemp("ray-session")
     faults = folder / "faults.spec"
     faults.write_text("")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     cluster = Cluster(
         initialize_head=True,
         head_node_args={"num_cpus": 2, "include_dashboard": False, "resources": {"slot": 1}},

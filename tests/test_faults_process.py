@@ -277,8 +277,7 @@ def _start_driver(
     """``run_aug_matrix.py ARGS --address ADDRESS`` in a session of its own: a driver on
     a running cluster (the session's), its trials there, with ``fault`` armed for them."""
     environment = {key: value for key, value in os.environ.items() if key != FAULT_ENV}
-    environment.pop("RAY_ADDRESS", None)
-    environment["RAY_AUTH_MODE"] = "disabled"
+    environment.pop("RAY_ADDRESS", None)  # the session's token comes with os.environ
     if fault:
         environment[FAULT_ENV] = fault
     command = [sys.executable, "-m", "ablations.run_aug_matrix", *arguments, "--address", address]

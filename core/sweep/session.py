@@ -56,9 +56,46 @@ def allow_sparse_metrics() -> None:
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
 
 
+# Ray's switch for "this machine is the whole cluster": with it off, a node takes the
+# loopback address as its own, and Ray 2.60's servers bind their node's address (the GCS,
+# the raylet, the object manager, the workers, the runtime-env agent): nothing listens
+# beyond this machine. Named for the platforms where it is the default.
+_LOOPBACK_NODE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def secure_ray_environment(local: bool) -> None:
+    """Token authentication as Ray 2.60 sets it up (on for a cluster ``ray.init`` starts,
+    with a token it generates in ``~/.ray/auth_token`` unless ``RAY_AUTH_TOKEN_PATH`` or
+    ``RAY_AUTH_TOKEN`` gives one), usage statistics off,
+    and for a cluster this sweep starts on its own machine, every Ray port on loopback.
+    Values the user exported win, except ``RAY_AUTH_MODE=disabled``, which is refused:
+    anyone who reaches an unauthenticated Ray can run code as this user (CVE-2023-48022)."""
+    if os.environ.get("RAY_AUTH_MODE", "token") != "token":
+        from core.sections import ConfigError
+
+        raise ConfigError(
+            f"RAY_AUTH_MODE={os.environ['RAY_AUTH_MODE']!r}: clarlab runs Ray with token "
+            f"authentication only (an unauthenticated Ray runs anyone's code); unset it, "
+            f"or set it to 'token'"
+        )
+    # Left unset, Ray 2.60 turns token authentication on itself for a cluster that
+    # ray.init starts, and for a connection wherever a token is found; setting it here
+    # would come too late for this process (Ray reads it into its config at import).
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if local:
+        os.environ.setdefault(_LOOPBACK_NODE_ENV, "0")
+        if os.environ[_LOOPBACK_NODE_ENV] == "0":
+            # Read by this process's Ray at import, which is done by now: the driver
+            # resolves the node's address for the processes it starts from this value.
+            from ray._private import ray_constants
+
+            ray_constants.ENABLE_RAY_CLUSTER = False
+
+
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """``ray.init`` with the trial environment (``core.sweep.trainable.TRIAL_ENV``): a
-    running cluster at ``address`` (e.g. ``"auto"``) or a new local one with ``num_cpus``.
+    running cluster at ``address`` (e.g. ``"auto"``) or a new local one with ``num_cpus``,
+    token-authenticated and, when local, on loopback (:func:`secure_ray_environment`).
 
     Without an address, Ray's own ``ray.init()`` joins the last cluster started on this
     machine (a notebook's, another sweep's) if one is running: a sweep asked to run
@@ -66,7 +103,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     ``--num-cpus``. ``address="local"`` is Ray's way to start a new one regardless."""
     import ray
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # never write ~/.ray/auth_token
+    secure_ray_environment(local=not address)
     runtime_env = {"env_vars": trial_environment()}
     if address:
         ray.init(address=address, log_to_driver=False, runtime_env=runtime_env)
@@ -88,7 +125,6 @@ def start_ray(request: SweepRequest) -> dict[str, float] | None:
     """
     import ray
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # never write ~/.ray/auth_token
     # Every epoch checkpoints with num_to_keep=1, so Tune snapshots its state often on
     # purpose (a resume must see the latest checkpoint); its warning about that is noise.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
