@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -139,8 +140,51 @@ def start_detached(plan: ServerPlan, log: Path, timeout_s: float = START_TIMEOUT
     return EXIT_FAILED
 
 
+def stop_detached(logs: Sequence[Path], timeout_s: float = 20.0) -> int:
+    """Stop the servers ``--background LOG`` started (their process groups, from
+    ``LOG.pid``): SIGTERM, then SIGKILL after ``timeout_s``. What a cluster's teardown runs
+    on the head before ``ray down``, which stops Ray but not these. 0 when none is left
+    running; a missing pid file or a group already gone counts as stopped."""
+    left = 0
+    for log in logs:
+        pid_file = log.expanduser().with_name(log.name + ".pid")
+        try:
+            group = int(pid_file.read_text().split()[0])
+        except (FileNotFoundError, ValueError, IndexError):
+            print(f"{pid_file}: no server recorded", flush=True)
+            continue
+        if not _group_alive(group):
+            print(f"process group {group} ({log}): already stopped", flush=True)
+            pid_file.unlink(missing_ok=True)
+            continue
+        os.killpg(group, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while _group_alive(group) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if _group_alive(group):
+            os.killpg(group, signal.SIGKILL)
+            time.sleep(0.2)
+        if _group_alive(group):
+            print(f"error: process group {group} ({log}) is still running", file=sys.stderr)
+            left += 1
+            continue
+        pid_file.unlink(missing_ok=True)
+        print(f"stopped process group {group} ({log})", flush=True)
+    return EXIT_FAILED if left else 0
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's: alive, and not ours to stop
+    return True
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """``python -m core.serve mlflow [flags]``."""
+    """``python -m core.serve mlflow [flags]`` and ``python -m core.serve stop LOG...``."""
     parser = argparse.ArgumentParser(
         prog="python -m core.serve", description=__doc__.split("\n\n")[0]
     )
@@ -208,12 +252,20 @@ def build_parser() -> argparse.ArgumentParser:
     mlflow.add_argument(
         "--dry-run", action="store_true", help="check and print the command, start nothing"
     )
+    stop = servers.add_parser(
+        "stop",
+        help="stop servers started with --background LOG (ray down leaves them running)",
+        description="Stop the process groups that `mlflow --background LOG` recorded in LOG.pid.",
+    )
+    stop.add_argument("logs", nargs="+", type=Path, metavar="LOG", help="the --background LOG")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Check, print, then exec the server (the process becomes ``mlflow server``)."""
     args = build_parser().parse_args(argv)
+    if args.server == "stop":
+        return stop_detached(args.logs)
     try:
         plan = plan_mlflow(args)
         check_plan(plan)

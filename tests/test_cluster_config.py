@@ -176,7 +176,7 @@ def test_storage_is_shared_and_the_dataset_cache_is_per_node(name: str, tmp_path
     assert storage.startswith("s3://") or storage.startswith("/mnt/")
     for per_node in (data, cache):
         assert Path(per_node).is_relative_to(tmp_path)  # the node's own disk
-    assert auth_mode == "disabled"
+    assert auth_mode == "token"
     # Every node reads it: the Ray processes (so the trials) and interactive shells.
     config = load(name)
     for command in config["head_start_ray_commands"] + config["worker_start_ray_commands"]:
@@ -219,3 +219,30 @@ def test_the_documented_submit_command_is_accepted_by_the_script(name: str):
     assert args.preset == "paper" and args.address == "auto"
     assert args.tracking_uri == "http://localhost:5000"
     assert args.storage_path == "$CLARLAB_STORAGE_PATH"  # expanded by the head's shell
+
+
+@pytest.mark.parametrize("hard_limit", [20000, 4096])
+@pytest.mark.parametrize("name", FILES)
+def test_the_start_commands_run_under_the_machines_hard_open_files_limit(
+    name: str, hard_limit: int, tmp_path: Path
+):
+    """The start commands, as written, in bash under a hard open-files limit (the machine
+    a user first tried had 20000): `ray start` runs with as many as the limit allows, and
+    a limit below Ray's 65536 is said. ``ray`` is a stand-in that records its limit."""
+    config = load(name)
+    assert run_in_home(env_file(config), tmp_path).returncode == 0
+    (tmp_path / "clarlab").symlink_to(REPO)  # file_mounts: the checkout at ~/clarlab
+    fake_ray = tmp_path / "clarlab-venv" / "bin" / "ray"
+    fake_ray.parent.mkdir(parents=True)
+    fake_ray.write_text('#!/bin/bash\n[ "$1" = start ] && ulimit -n > "$HOME/nofile"\nexit 0\n')
+    fake_ray.chmod(0o755)
+    starting = [c for key in ("head_start_ray_commands", "worker_start_ray_commands")
+                for c in config[key] if "ray start" in c]  # fmt: skip
+    assert len(starting) == 2
+    for command in starting:
+        (tmp_path / "nofile").unlink(missing_ok=True)
+        limited = f"ulimit -Sn 1024 && ulimit -Hn {hard_limit} && {command}"
+        result = run_in_home(limited.replace("$RAY_HEAD_IP", "127.0.0.1"), tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert (tmp_path / "nofile").read_text().strip() == str(hard_limit)
+        assert f"hard limit on {os.uname().nodename} is {hard_limit}" in result.stderr

@@ -278,3 +278,25 @@ def test_make_mlflow_server_defaults_to_loopback():
         timeout=30,
     )
     assert "--host 10.0.0.7 --port 5005" in chosen.stdout
+
+
+def test_the_documented_teardown_stops_the_background_server(server: Server) -> None:
+    """`ray down` stops Ray, not the MLflow servers the head started with --background:
+    the teardown docs/cluster.md gives (`python -m core.serve stop LOG...`) stops them, and
+    nothing of the server's process group is left."""
+    group = int(server.pid_file.read_text())
+    assert answers(f"{server.url}/health")
+    stopped = subprocess.run(
+        [sys.executable, "-m", "core.serve", "stop", str(server.log)],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    assert f"stopped process group {group}" in stopped.stdout
+    with pytest.raises(ProcessLookupError):
+        os.killpg(group, 0)
+    assert not answers(f"{server.url}/health") and not server.pid_file.exists()
+    again = subprocess.run(
+        [sys.executable, "-m", "core.serve", "stop", str(server.log)],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert again.returncode == 0 and "no server recorded" in again.stdout
