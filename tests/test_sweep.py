@@ -318,6 +318,7 @@ def test_show_config_prints_every_resolved_config(capsys: pytest.CaptureFixture[
         "momentum": 0.999,
         "queue_size": 4096,
         "temperature": 0.07,
+        "projector_dim": 128,  # He et al. 2020: a linear projection to 128
     }
     assert ExperimentConfig.from_dict(first).method.temperature == 0.07
 
