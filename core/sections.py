@@ -296,6 +296,10 @@ class TrainConfig(Section):
     labelled_per_batch: int | None = Field(None, gt=0)
     loader_workers: int = Field(0, ge=0)
     max_steps_per_epoch: int | None = Field(None, gt=0)  # smoke tests / benchmarks
+    # The final test evaluation's ROC curves and Grad-CAM maps as MLflow images (QUACLRS
+    # 4.6, Figures 5-6): about a CPU-second a trial, which a suite of tiny trials that
+    # does not look at them can spare. The ROC AUCs are metrics either way.
+    final_figures: bool = True
 
     @field_validator("early_stopping_metric")
     @classmethod

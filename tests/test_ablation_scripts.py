@@ -273,9 +273,11 @@ def test_each_backbone_recipe_is_its_tables_protocol(
 # --- tiny real runs ---------------------------------------------------------------------
 
 
-def _tiny(fsdd_root: Path, cache_dir: Path, quaclrs: bool) -> list[str]:
-    """Settings that run a trial's every stage in seconds."""
+def _tiny(fsdd_root: Path, cache_dir: Path, quaclrs: bool, figures: bool = False) -> list[str]:
+    """Settings that run a trial's every stage in seconds (the final figures only where a
+    test looks at them)."""
     settings: dict[str, Any] = {
+        "train.final_figures": figures,
         "data.root": str(fsdd_root),
         "data.cache_dir": str(cache_dir),
         "data.max_clips": 120,
@@ -435,6 +437,7 @@ def test_moco_queue_ssl_methods_and_backbones_tables(
     ray_cluster, fsdd_root, cache_dir, mlflow_store, tmp_path
 ):
     tiny = _tiny(fsdd_root, cache_dir, True)
+    with_figures = _tiny(fsdd_root, cache_dir, True, figures=True)
     state, folder = _run(
         "run_moco_queue",
         tmp_path / "moco",
@@ -447,12 +450,25 @@ def test_moco_queue_ssl_methods_and_backbones_tables(
     for trial_id, metrics in logged.items():
         assert table[("all", trial_id, "top-1")] == approx(metrics["test_top1"])
         assert table[("all", trial_id, "macro F1")] == approx(metrics["test_macro_f1"])
+        assert "test_macro_auc" in metrics  # a metric with or without the figures
+    client = tracking_client(state.tracking_uri)
+    for run in find_trial_runs(state.tracking_uri, state.parent_run_id):  # figures off
+        drawn = {item.path for item in client.list_artifacts(run.info.run_id, "evaluation")}
+        assert ROC_ARTIFACT not in drawn and GRADCAM_ARTIFACT not in drawn
 
     state, folder = _run(
         "run_ssl_methods",
         tmp_path / "ssl",
         mlflow_store,
-        ["--methods", "byol", "swav", "--no-controls", "--set", "train.batch_size=8", *tiny],
+        [
+            "--methods",
+            "byol",
+            "swav",
+            "--no-controls",
+            "--set",
+            "train.batch_size=8",
+            *with_figures,
+        ],
     )
     logged = _children(state)
     table = _table(folder, "ssl_methods")
@@ -477,7 +493,7 @@ def test_moco_queue_ssl_methods_and_backbones_tables(
             "3",
             "--set",
             "train.batch_size=8",
-            *tiny,
+            *with_figures,
         ],  # fmt: skip
     )
     logged = _children(state)

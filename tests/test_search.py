@@ -40,6 +40,7 @@ def _tiny(fsdd_root: Path, cache_dir: Path) -> list[str]:
         "train.max_steps_per_epoch": 2,
         "train.eval_every": 1,
         "train.eval_epochs": 1,
+        "train.final_figures": False,  # drawn and checked in test_ablation_scripts.py
     }
     flags = ["--epochs", "2"]
     for key, value in settings.items():

@@ -40,6 +40,7 @@ def _tiny(fsdd_root: Path, cache_dir: Path) -> dict[str, Any]:
         "train.batch_size": 8,
         "train.max_steps_per_epoch": 1,
         "train.eval_epochs": 1,
+        "train.final_figures": False,  # drawn and checked in test_ablation_scripts.py
     }
 
 

@@ -362,7 +362,7 @@ def checkpoint_and_report(
         # Artifacts at the test pace only, not for every epoch's validation check; the
         # figures too slow for every evaluation (ROC, Grad-CAM) at the final one only.
         log.epoch(epoch, metrics, shown if evaluation.full else None)
-        if progress.finished and evaluation.test is not None:
+        if progress.finished and evaluation.test is not None and trial.cfg.train.final_figures:
             log.final(evaluation.test, _gradcam(trial, evaluation.test))
     reported = dict(metrics)
     test = evaluation.test
