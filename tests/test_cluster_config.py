@@ -246,3 +246,60 @@ def test_the_start_commands_run_under_the_machines_hard_open_files_limit(
         assert result.returncode == 0, result.stderr
         assert (tmp_path / "nofile").read_text().strip() == str(hard_limit)
         assert f"hard limit on {os.uname().nodename} is {hard_limit}" in result.stderr
+
+
+def _aws_node_configs() -> dict[str, dict[str, Any]]:
+    """Every AWS node type's node_config, the commented A10G alternative included."""
+    shipped = load("cluster.yaml")["available_node_types"]
+    alternative = yaml.safe_load(a10g_alternative())["available_node_types"]
+    return {
+        "head": shipped["head"]["node_config"],
+        "gpu_worker": shipped["gpu_worker"]["node_config"],
+        "a10g gpu_worker": alternative["gpu_worker"]["node_config"],
+    }
+
+
+@pytest.mark.parametrize("node_type", ["head", "gpu_worker", "a10g gpu_worker"])
+def test_every_aws_node_requires_imdsv2_and_uses_the_users_security_group(node_type: str):
+    """IMDSv2 only (a forged request cannot read the instance profile's credentials), and
+    the user's own security group: given one, Ray creates none of its own, whose SSH rule
+    admits 0.0.0.0/0. Shipped as a placeholder, so AWS refuses to launch until it is set."""
+    node = _aws_node_configs()[node_type]
+    assert node["MetadataOptions"]["HttpTokens"] == "required"
+    assert node["MetadataOptions"]["HttpPutResponseHopLimit"] == 1
+    assert node["SecurityGroupIds"] == ["sg-CHANGE-ME"]
+    assert set(node["IamInstanceProfile"]) == {"Name"}
+
+
+def _policy(name: str) -> list[dict[str, Any]]:
+    import json
+
+    return json.loads((REPO / "aws" / name).read_text())["Statement"]
+
+
+def test_the_head_profile_holds_what_the_autoscaler_and_storage_need_and_no_more():
+    assert load("cluster.yaml")["available_node_types"]["head"]["node_config"][
+        "IamInstanceProfile"
+    ] == {"Name": "clarlab-head"}
+    allowed = {
+        "ec2:DescribeInstances", "ec2:DescribeInstanceStatus", "ec2:DescribeImages",
+        "ec2:DescribeSubnets", "ec2:DescribeSecurityGroups", "ec2:DescribeKeyPairs",
+        "ec2:DescribeInstanceTypes", "ec2:RunInstances", "ec2:CreateTags",
+        "ec2:StartInstances", "ec2:StopInstances", "ec2:TerminateInstances",
+        "iam:PassRole", "s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:ListBucket",
+    }  # fmt: skip
+    for name in ("clarlab-head-policy.json", "clarlab-worker-policy.json"):
+        for statement in _policy(name):
+            actions = statement["Action"]
+            actions = [actions] if isinstance(actions, str) else actions
+            assert set(actions) <= allowed, (name, actions)
+            assert not any("*" in action for action in actions), (name, actions)
+            resources = statement["Resource"]
+            if any(action.startswith(("s3:", "iam:")) for action in actions):
+                assert resources != "*" and "CHANGE-ME-bucket" in resources or "role/" in resources
+    worker = {
+        a
+        for s in _policy("clarlab-worker-policy.json")
+        for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])
+    }
+    assert all(action.startswith("s3:") for action in worker)  # the workers touch S3 only
