@@ -16,7 +16,7 @@ PYTEST_ARGS ?= -n 2 --dist loadgroup --no-loadscope-reorder --durations=20
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,bench]'
+	$(BIN)/pip install --quiet -e '.[test,bench,server]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -53,9 +53,14 @@ PORT ?= 5000
 STORE ?= sqlite:///results/mlflow.db
 ARTIFACTS ?= results/mlflow-artifacts
 
+# AUTH=1: MLflow's basic-auth app (the `server` extra, installed with the others;
+# MLFLOW_FLASK_SERVER_SECRET_KEY and, on the first start, MLFLOW_AUTH_ADMIN_PASSWORD from
+# your environment).
+AUTH_FLAG := $(if $(filter 1 true yes,$(AUTH)),--auth,)
+
 mlflow-server: $(STAMP)
 	$(BIN)/python -m core.serve mlflow --host $(HOST) --port $(PORT) \
-		--backend-store-uri '$(STORE)' --artifacts-destination '$(ARTIFACTS)'
+		--backend-store-uri '$(STORE)' --artifacts-destination '$(ARTIFACTS)' $(AUTH_FLAG)
 
 # The GPU checks (batched augmentations vs per-clip librosa loaders, bf16 training steps,
 # the cache's CUDA path); prints {"cuda": false, ...} and exits 0 without CUDA.

@@ -226,12 +226,18 @@ def build_parser() -> argparse.ArgumentParser:
         "bound address",
     )
     mlflow.add_argument(
+        "--allow-any-host",
+        action="store_true",
+        help="let --allowed-hosts hold '*' (every Host header: MLflow's DNS-rebinding "
+        "protection off); refused without this flag",
+    )
+    mlflow.add_argument(
         "--workers", type=int, default=2, help="server worker processes (default 2)"
     )
     mlflow.add_argument(
         "--auth",
         action="store_true",
-        help="MLflow's basic-auth app (needs `pip install 'mlflow[auth]'`, "
+        help="MLflow's basic-auth app (needs the server extra: `pip install -e '.[server]'`, "
         "MLFLOW_FLASK_SERVER_SECRET_KEY and, on the first start, MLFLOW_AUTH_ADMIN_PASSWORD); "
         "users live beside the SQLite store unless --auth-config says otherwise",
     )

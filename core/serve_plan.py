@@ -37,7 +37,7 @@ STORE_DRIVERS = {
     "postgresql+pg8000": ("pg8000", "pip install pg8000"),
 }
 ARTIFACT_DRIVERS = {"s3": ("boto3", "pip install boto3")}
-AUTH_PACKAGE = ("flask_wtf", "pip install 'mlflow[auth]'")
+AUTH_PACKAGE = ("flask_wtf", "pip install -e '.[server]' (mlflow[auth])")
 JOBS_ENV = "MLFLOW_SERVER_ENABLE_JOB_EXECUTION"
 
 EXPOSURE = (
@@ -202,7 +202,15 @@ def plan_mlflow(args: argparse.Namespace) -> ServerPlan:
     elif not is_loopback(host):
         allowed += [host_header(host), host_header(host, port)]
     for entry in args.allowed_hosts or ():
-        allowed += [name.strip() for name in entry.split(",") if name.strip()]
+        for name in (name.strip() for name in entry.split(",") if name.strip()):
+            if name.split(":")[0] == "*" and not getattr(args, "allow_any_host", False):
+                raise LaunchError(
+                    f"--allowed-hosts {name!r} accepts every Host header, which turns off "
+                    f"MLflow's protection against DNS rebinding (a web page in a browser on "
+                    f"this network could then drive the server); name the hosts clients use, "
+                    f"or add --allow-any-host if you mean it"
+                )
+            allowed.append(name)
     argv += ["--allowed-hosts", ",".join(dict.fromkeys(allowed))]
 
     if args.auth:
