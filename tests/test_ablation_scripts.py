@@ -142,6 +142,11 @@ def test_the_dry_run_shows_what_each_view_gets(fsdd_root: Path, capsys) -> None:
 
 # QUACLRS's scripts: their paper preset is on its 13-class set, UrbanSound8K without siren
 # plus sireNNet's four classes (QUACLRS 4.1).
+# Paper presets whose every archive has a known SHA-256 (Speech Commands); the others are
+# refused unless the run allows unverified downloads (no digest was published for them).
+VERIFIED_PAPER_SCRIPTS = ("run_aug_matrix", "run_label_fraction")
+UNVERIFIED = ["--set", "data.allow_unverified=true"]
+
 QUACLRS_SCRIPTS = ("run_augmentations", "run_backbones", "run_moco_queue", "run_projection_dim",
                    "run_ssl_methods")  # fmt: skip
 
@@ -161,10 +166,16 @@ def _sirennet_folder(folder: Path) -> Path:
 def test_paper_preset_dry_runs(script: str, capsys, tmp_path: Path) -> None:
     """The paper's datasets are not on this machine: the paper preset fetches what can be
     downloaded, and its dry run says so instead of failing; QUACLRS's run on its 13-class
-    set, whose sireNNet part is given (it cannot be downloaded)."""
+    set, whose sireNNet part is given (it cannot be downloaded). An archive whose SHA-256
+    the project does not know is refused before anything runs, unless the run says it
+    may be used unverified (Speech Commands, CLAR's default, has one)."""
     argv = ["--preset", "paper", "--no-controls"]
     if script in QUACLRS_SCRIPTS:
         argv += ["--set", f"data.extra_root={_sirennet_folder(tmp_path / 'sirennet')}"]
+    if script not in VERIFIED_PAPER_SCRIPTS:
+        assert _main(script)(["--dry-run", *argv]) == 2
+        assert "no SHA-256 is recorded" in capsys.readouterr().err
+        argv += UNVERIFIED
     ids, out = _dry_run_output(script, capsys, *argv)
     assert ids and "(download)" in out
     assert "4 worker(s)/trial" in out
@@ -182,7 +193,9 @@ def test_quaclrs_ssl_tables_train_in_fp16_with_a_grad_scaler(
     preset says amp: fp16 (not auto, which picks bf16 on a GPU that has it)."""
     sirennet = _sirennet_folder(tmp_path / "sirennet")
     argv = ["--preset", "paper", "--no-controls", "--show-config"]
-    ids, out = _dry_run_output(script, capsys, *argv, "--set", f"data.extra_root={sirennet}")
+    ids, out = _dry_run_output(
+        script, capsys, *argv, "--set", f"data.extra_root={sirennet}", *UNVERIFIED
+    )
     assert ids and out.count("amp: fp16") == len(ids)
 
 
@@ -201,7 +214,7 @@ def test_every_quaclrs_grid_trains_on_quaclrs_augmentation_codes(
     in parentheses); the backbone tables get no augmentation at all."""
     argv = ["--preset", preset, "--no-controls"]
     if preset == "paper":
-        argv += ["--set", f"data.extra_root={_sirennet_folder(tmp_path / 'sirennet')}"]
+        argv += ["--set", f"data.extra_root={_sirennet_folder(tmp_path / 'sirennet')}", *UNVERIFIED]
     _, out = _dry_run_output(script, capsys, *argv)
     shown = _augment_column(out)
     assert shown
@@ -252,7 +265,7 @@ def test_each_backbone_recipe_is_its_tables_protocol(
     did, in every trial's config; the default is Table 2. A recipe is the paper's protocol,
     so the paper preset names no deviation for it."""
     argv = ["--preset", "paper", "--no-controls", "--show-config", "--folds", "1"]
-    argv += ["--set", f"data.extra_root={_sirennet_folder(tmp_path / 'sirennet')}"]
+    argv += ["--set", f"data.extra_root={_sirennet_folder(tmp_path / 'sirennet')}", *UNVERIFIED]
     ids, out = _dry_run_output(
         "run_backbones", capsys, *argv, *(["--recipe", recipe] if recipe else [])
     )

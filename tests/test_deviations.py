@@ -77,6 +77,7 @@ def test_the_ten_class_fallback_is_named_a_deviation_from_quaclrs(
     monkeypatch.setenv("CLARLAB_DATA", str(tmp_path))  # UrbanSound8K would be downloaded
     main = importlib.import_module("ablations.run_ssl_methods").main
     argv = ["--dry-run", "--preset", "paper", "--no-controls", "--set", "data.dataset=urbansound8k"]
+    argv += ["--set", "data.allow_unverified=true"]  # UrbanSound8K: no published SHA-256
     assert main(argv) == EXIT_OK
     out = capsys.readouterr().out
     assert {row[7:9] == ["urbansound8k", "10"] for row in _table_rows(out)} == {True}
@@ -122,3 +123,12 @@ def test_a_bad_deviation_entry_is_refused_naming_it(raw: object, message: str) -
     with pytest.raises(SweepError, match=message) as error:
         parse_deviations(raw, "space.yaml")
     assert "space.yaml: deviations" in str(error.value)
+
+
+def test_a_sweep_that_allows_unverified_downloads_says_so_on_its_parent_run(fsdd_root: Path) -> None:
+    from core.sweep.grid_plan import prepare_grid
+    from core.sweep.request import SweepRequest
+
+    allowed = SweepRequest(preset="quick", overrides={"data.allow_unverified": True})
+    assert prepare_grid(allowed).parent_tags()["clarlab.data_unverified"] == "true"
+    assert "clarlab.data_unverified" not in prepare_grid(SweepRequest(preset="quick")).parent_tags()

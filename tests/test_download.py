@@ -220,7 +220,12 @@ def test_archive_member_with_parent_path_is_refused(
     spec = dataclasses.replace(
         DATASETS["fsdd"],
         resources=(
-            Resource(url=server.url("/evil.tar.gz"), filename="evil.tar.gz", strip=FSDD_TOP),
+            Resource(
+                url=server.url("/evil.tar.gz"),
+                filename="evil.tar.gz",
+                strip=FSDD_TOP,
+                sha256=hashlib.sha256(evil).hexdigest(),
+            ),  # its digest: verified, still evil
         ),
     )
     root = tmp_path / "data" / "fsdd"
@@ -264,7 +269,7 @@ def test_download_refuses_to_overwrite_a_non_empty_folder(tmp_path: Path) -> Non
     root.mkdir()
     (root / "something.txt").write_text("user data")
     with pytest.raises(DatasetError, match="not empty"):
-        download_dataset(DATASETS["fsdd"], root, progress=False)
+        download_dataset(DATASETS["fsdd"], root, progress=False, allow_unverified=True)
     assert (root / "something.txt").read_text() == "user data"
 
 
@@ -440,7 +445,12 @@ def test_a_chained_link_archive_downloaded_from_a_server_leaves_nothing(
     spec = dataclasses.replace(
         DATASETS["fsdd"],
         resources=(
-            Resource(url=server.url("/chain.tar.gz"), filename="chain.tar.gz", strip=FSDD_TOP),
+            Resource(
+                url=server.url("/chain.tar.gz"),
+                filename="chain.tar.gz",
+                strip=FSDD_TOP,
+                sha256=hashlib.sha256(server.files["/chain.tar.gz"]).hexdigest(),
+            ),
         ),
     )
     root = tmp_path / "data" / "fsdd"
@@ -449,3 +459,42 @@ def test_a_chained_link_archive_downloaded_from_a_server_leaves_nothing(
     assert not root.exists()
     assert [p.name for p in (tmp_path / "data").iterdir() if p.suffix != ".lock"] == [".downloads"]
     assert not any(tmp_path.rglob("escaped.txt"))
+
+
+def test_an_archive_without_a_known_digest_is_refused_before_any_request(
+    server: ArchiveServer, fsdd_archive: bytes, tmp_path: Path
+) -> None:
+    """No SHA-256, no download: refused before the server is asked for anything, naming the
+    archive and both ways on; with data.allow_unverified the same archive is fetched."""
+    server.files["/fsdd.tar.gz"] = fsdd_archive
+    unverified = dataclasses.replace(
+        DATASETS["fsdd"],
+        resources=(
+            Resource(url=server.url("/fsdd.tar.gz"), filename="fsdd.tar.gz", strip=FSDD_TOP),
+        ),
+    )
+    root = tmp_path / "data" / "fsdd"
+    with pytest.raises(DatasetError, match=r"no SHA-256 is recorded for fsdd\.tar\.gz") as refused:
+        download_dataset(unverified, root, progress=False)
+    assert "data.allow_unverified=true" in str(refused.value) and "sha256=" in str(refused.value)
+    assert server.requests == [] and not root.exists()
+    download_dataset(unverified, root, progress=False, allow_unverified=True)
+    assert (root / "README.md").is_file() and len(server.requests) == 1
+
+
+def test_a_tampered_archive_is_refused_by_its_digest(
+    server: ArchiveServer, fsdd_archive: bytes, tmp_path: Path
+) -> None:
+    """The archive the digest names, one byte changed on the way: refused, nothing kept."""
+    tampered = bytearray(fsdd_archive)
+    tampered[len(tampered) // 2] ^= 0xFF
+    server.files["/fsdd.tar.gz"] = bytes(tampered)
+    spec = dataclasses.replace(
+        DATASETS["fsdd"],
+        resources=(Resource(url=server.url("/fsdd.tar.gz"), filename="fsdd.tar.gz", strip=FSDD_TOP,
+                            sha256=hashlib.sha256(fsdd_archive).hexdigest()),),
+    )  # fmt: skip
+    root = tmp_path / "data" / "fsdd"
+    with pytest.raises(DownloadError, match="sha256"):
+        download_dataset(spec, root, progress=False)
+    assert not root.exists() and not any((tmp_path / "data" / ".downloads").iterdir())

@@ -6,6 +6,7 @@ against this project's own checks and writes (tarfile's filters are not used).""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -36,7 +37,12 @@ def test_the_multi_archive_case_folding_probe_writes_nothing_outside(
     spec = dataclasses.replace(
         DATASETS["fsdd"],
         resources=tuple(
-            Resource(url=server.url(f"/{name}.zip"), filename=f"{name}.zip", strip=FSDD_TOP)
+            Resource(
+                url=server.url(f"/{name}.zip"),
+                filename=f"{name}.zip",
+                strip=FSDD_TOP,
+                sha256=hashlib.sha256(server.files[f"/{name}.zip"]).hexdigest(),
+            )
             for name in ("one", "two")
         ),
     )

@@ -79,7 +79,7 @@ def dataset_root(cfg: DataConfig, progress: bool = True) -> Path:
     if cfg.download:
         from core.data.download import download_dataset
 
-        download_dataset(spec, root, progress=progress)
+        download_dataset(spec, root, progress=progress, allow_unverified=cfg.allow_unverified)
         return root
     urls = ", ".join(r.url for r in spec.resources) or spec.homepage
     where = "data.root" if cfg.root is not None else f"${DATA_ENV}/{spec.folder}"

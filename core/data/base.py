@@ -110,6 +110,22 @@ Scanner = Callable[[Path, str | None], Listing]
 ExtraScanner = Callable[[Path, str | None, Path], Listing]
 
 
+def check_verifiable(spec: DatasetSpec, allow_unverified: bool) -> None:
+    """Refuse to download an archive without a known SHA-256 unless the run says it may:
+    a corrupted or replaced archive would otherwise train and be reported as the dataset.
+    Raised before any request, naming the archives and both ways on."""
+    unverified = [resource for resource in spec.resources if not resource.sha256]
+    if not unverified or allow_unverified:
+        return
+    names = ", ".join(f"{resource.filename} ({resource.url})" for resource in unverified)
+    raise DatasetError(
+        f"{spec.name}: no SHA-256 is recorded for {names}, so the download could not be "
+        f"verified; check the archive against a digest its publisher gives and add it to "
+        f"the dataset's Resource (sha256=...), or pass --set data.allow_unverified=true "
+        f"(the run records that it did)"
+    )
+
+
 @dataclass(frozen=True)
 class DatasetSpec:
     """A registry entry: everything the data layer needs to know about one dataset.

@@ -35,6 +35,9 @@ class DataConfig(Section):
     cache_dtype: Literal["int16", "float16", "float32"] = "int16"
     strict: bool = False
     download: bool = False
+    # Download an archive whose SHA-256 the project does not know (refused otherwise): the
+    # run's parameters and its parent's tag clarlab.data_unverified say it was used.
+    allow_unverified: bool = False
     # Subsample the training/validation pool to this many clips; the test split stays whole.
     max_clips: int | None = Field(None, gt=0)
     # The second folder of a dataset merged from two (urbansound8k_sirennet: the sireNNet

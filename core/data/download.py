@@ -33,6 +33,7 @@ from core.data.base import (
     DatasetSpec,
     DownloadError,
     Resource,
+    check_verifiable,
     file_lock,
 )
 from core.data.extract import merge_tree, safe_extract
@@ -148,7 +149,11 @@ def _fetch_into(url: str, part: Path, progress: bool, timeout: float) -> int | N
 
 
 def download_dataset(
-    spec: DatasetSpec, root: Path, progress: bool = True, keep_archives: bool = False
+    spec: DatasetSpec,
+    root: Path,
+    progress: bool = True,
+    keep_archives: bool = False,
+    allow_unverified: bool = False,
 ) -> Path:
     """Download and extract every archive of ``spec`` so that ``root`` holds the dataset.
 
@@ -156,6 +161,7 @@ def download_dataset(
     staging folder next to it, which is then renamed to ``root``.
     """
     root = Path(root)
+    check_verifiable(spec, allow_unverified)  # before any request
     root.parent.mkdir(parents=True, exist_ok=True)
     # Several trials may start on a node without the dataset: one downloads, the others
     # wait for the lock and find the folder in place.

@@ -94,10 +94,13 @@ class GridPlan:
         return f"{self.space.ablation}-{preset or 'base'}"
 
     def parent_tags(self) -> dict[str, str]:
-        return {
+        tags = {
             "clarlab.dataset": self.trials[0].config.data.dataset,
             "clarlab.seeds": str(self.seeds),
         }
+        if any(trial.config.data.allow_unverified for trial in self.trials):
+            tags["clarlab.data_unverified"] = "true"  # archives without a known SHA-256
+        return tags
 
     def view_columns(self) -> list[str]:
         return sorted(self.space.swept_fields)

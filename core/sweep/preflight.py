@@ -15,7 +15,7 @@ import numpy as np
 
 from core.config import ConfigError, DataConfig
 from core.data import DatasetError, DatasetNotFoundError, dataset_root, extra_root, get_spec
-from core.data.base import Listing, subsample
+from core.data.base import Listing, check_verifiable, subsample
 from core.data.splits import make_split, test_clip_mask
 from core.sweep.trials import Trial
 
@@ -64,6 +64,7 @@ def _listing(data: DataConfig) -> Listing | None:
         root = dataset_root(data.model_copy(update={"download": False}), progress=False)
     except DatasetNotFoundError:
         if data.download:
+            check_verifiable(spec, data.allow_unverified)  # a dry run says so, not a trial
             return None
         raise
     listing = spec.list_clips(root, spec.label_field(data.label_field), extra_root(data))
