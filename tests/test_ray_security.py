@@ -78,10 +78,18 @@ def test_a_client_without_the_token_is_refused(ray_cluster, tmp_path: Path) -> N
 # trial, logging to an MLflow server that asks for a password, the credentials in the
 # environment. Then the Ray processes' own listening sockets, while Ray is still up.
 LAPTOP_SWEEP = """
-import json, os, sys
+import json, os, sys, time, urllib.request
 from pathlib import Path
 from core.sweep import SweepRequest, run_sweep
 given = json.loads(sys.argv[1])
+deadline = time.monotonic() + 120  # the server starts while this process imports
+while True:
+    try:
+        urllib.request.urlopen(given["uri"] + "/health", timeout=5).close()
+        break
+    except OSError:
+        assert time.monotonic() < deadline, "the MLflow server never answered"
+        time.sleep(0.2)
 outcome = run_sweep(SweepRequest(
     preset="quick", overrides=given["overrides"], controls=False, max_concurrent=1,
     axis_values={"augment.pipeline": ["FD"], "frontend.name": ["stft3"]},
@@ -100,10 +108,11 @@ print(json.dumps({"listening": found, "parent": outcome.parent_run_id,
 """
 
 
-def _auth_server(folder: Path, password: str) -> tuple[str, Path]:
+def _start_auth_server(folder: Path, password: str, port: int) -> Path:
     """clarlab's MLflow server with MLflow's basic-auth app (the `server` extra), started
-    detached on loopback as `make mlflow-server AUTH=1` would; returns its URL and log."""
-    port, log = free_port(), folder / "auth-server.log"
+    detached on loopback as `make mlflow-server AUTH=1` would; returns its log once it
+    answers."""
+    log = folder / "auth-server.log"
     environment = {
         **os.environ,
         "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),
@@ -116,7 +125,7 @@ def _auth_server(folder: Path, password: str) -> tuple[str, Path]:
         cwd=ROOT, env=environment, capture_output=True, text=True, timeout=150,
     )  # fmt: skip
     assert started.returncode == 0, started.stdout + started.stderr + log.read_text()
-    return f"http://127.0.0.1:{port}", log
+    return log
 
 
 def _status(url: str, credentials: tuple[str, str] | None = None) -> int:
@@ -132,6 +141,7 @@ def _status(url: str, credentials: tuple[str, str] | None = None) -> int:
         return error.code
 
 
+@pytest.mark.slow
 def test_a_laptop_sweep_keeps_ray_on_loopback_and_logs_to_a_server_that_asks_for_a_password(
     fsdd_root: Path, cache_dir: Path, tmp_path: Path
 ) -> None:
@@ -144,43 +154,40 @@ def test_a_laptop_sweep_keeps_ray_on_loopback_and_logs_to_a_server_that_asks_for
     from core.tracking import find_trial_runs
     from tests.test_sweep_e2e import _tiny
 
-    password = secrets.token_hex(12)
-    url, log = _auth_server(tmp_path, password)
+    password, port = secrets.token_hex(12), free_port()
+    url = f"http://127.0.0.1:{port}"
+    token = tmp_path / "ray_token"
+    token.write_text(secrets.token_hex(32))  # the test's own, never ~/.ray/auth_token
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_"))}
+    environment.update(
+        RAY_AUTH_TOKEN_PATH=str(token), PYTHONPATH=str(ROOT),
+        MLFLOW_TRACKING_USERNAME="admin", MLFLOW_TRACKING_PASSWORD=password,
+    )  # fmt: skip
+    given = {"overrides": _tiny(fsdd_root, cache_dir), "uri": url, "results": str(tmp_path / "r")}
+    sweep = subprocess.Popen(
+        [sys.executable, "-c", LAPTOP_SWEEP, json.dumps(given)], env=environment,
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    log = tmp_path / "auth-server.log"
     try:
+        log = _start_auth_server(tmp_path, password, port)  # while the sweep imports
         search = f"{url}/api/2.0/mlflow/experiments/search?max_results=1"
         assert _status(search) == 401
         assert _status(search, ("admin", "not-" + password)) == 401
         assert _status(search, ("admin", password)) == 200
 
-        token = tmp_path / "ray_token"
-        token.write_text(secrets.token_hex(32))  # the test's own, never ~/.ray/auth_token
-        environment = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_"))}
-        environment.update(
-            RAY_AUTH_TOKEN_PATH=str(token), PYTHONPATH=str(ROOT),
-            MLFLOW_TRACKING_USERNAME="admin", MLFLOW_TRACKING_PASSWORD=password,
-        )  # fmt: skip
-        given = {
-            "overrides": _tiny(fsdd_root, cache_dir),
-            "uri": url,
-            "results": str(tmp_path / "results"),
-        }
-        done = subprocess.run(
-            [sys.executable, "-c", LAPTOP_SWEEP, json.dumps(given)], env=environment,
-            cwd=tmp_path, capture_output=True, text=True, timeout=240,
-        )  # fmt: skip
-        assert done.returncode == 0, done.stderr[-3000:]
-        shown = json.loads(done.stdout.strip().splitlines()[-1])
-        assert shown["statuses"] == ["FINISHED"], done.stdout[-3000:]
+        stdout, stderr = sweep.communicate(timeout=240)
+        assert sweep.returncode == 0, stderr[-3000:]
+        shown = json.loads(stdout.strip().splitlines()[-1])
+        assert shown["statuses"] == ["FINISHED"], stdout[-3000:]
         names = {name for name, _ in shown["listening"]}
         assert {"gcs_server", "raylet"} <= names, shown
         for name, ip in shown["listening"]:
             assert ip in ("127.0.0.1", "::ffff:127.0.0.1", "::1"), f"{name} listens on {ip}"
         assert shown["usage_stats"] == "0" and shown["auth"] == "token"
 
-        os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = (
-            "admin",
-            password,
-        )
+        os.environ["MLFLOW_TRACKING_USERNAME"] = "admin"
+        os.environ["MLFLOW_TRACKING_PASSWORD"] = password
         try:
             (child,) = find_trial_runs(url, shown["parent"])
             assert child.info.status == "FINISHED" and "test_top1" in child.data.metrics
@@ -188,8 +195,11 @@ def test_a_laptop_sweep_keeps_ray_on_loopback_and_logs_to_a_server_that_asks_for
         finally:
             os.environ.pop("MLFLOW_TRACKING_USERNAME")
             os.environ.pop("MLFLOW_TRACKING_PASSWORD")
-        assert password not in log.read_text() + done.stdout + done.stderr
+        assert password not in log.read_text() + stdout + stderr
     finally:
+        if sweep.poll() is None:
+            sweep.kill()
+            sweep.wait()
         subprocess.run([sys.executable, "-m", "core.serve", "stop", str(log)], cwd=ROOT, timeout=60)
 
 

@@ -7,20 +7,20 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from core import losses
-from core.methods.base import Method
+from core.methods.supervised import Supervised
 
 if TYPE_CHECKING:
     from core.config import ExperimentConfig
 
 
-class LinearProbe(Method):
+class LinearProbe(Supervised):
     """Cross-entropy through one linear layer on the features of a frozen encoder.
 
     The encoder's weights never receive a gradient and its batch-norm statistics are not
     updated (it stays in eval mode while the method trains), so the backbone that is
     scored is exactly the one loaded: ImageNet's (QUACLRS Table 5) or a random one. Only
-    the linear layer is trained and scored (``train.scored_classifier='own'``)."""
+    the linear layer is trained and scored (``train.scored_classifier='own'``); the loss
+    and its metrics are the supervised method's."""
 
     def __init__(
         self,
@@ -32,7 +32,9 @@ class LinearProbe(Method):
         super().__init__(cfg, encoder, num_classes, class_weights)
         for parameter in self.encoder.parameters():
             parameter.requires_grad_(False)
-        self.head = nn.Linear(self.feature_dim, num_classes)
+
+    def _build_head(self, num_classes: int) -> nn.Module:
+        return nn.Linear(self.feature_dim, num_classes)
 
     def train(self, mode: bool = True) -> LinearProbe:
         """Train the head only: the frozen encoder keeps its batch-norm statistics."""
@@ -40,20 +42,10 @@ class LinearProbe(Method):
         self.encoder.eval()
         return self
 
-    def forward(self, view1: Tensor, view2: Tensor | None, labels: Tensor) -> dict[str, Tensor]:
-        """Cross-entropy of the linear layer on one view (``LinearProbeConfig.views``)."""
-        inputs, targets = view1, labels
-        if view2 is not None:
-            inputs, targets = torch.cat([view1, view2]), torch.cat([labels, labels])
+    def _logits(self, inputs: Tensor) -> Tensor:
         with torch.no_grad():
             features = self.encoder(inputs)
-        logits = self.head(features.float())
-        ce, _ = losses.labelled_cross_entropy(logits, targets, self._weights())
-        with torch.no_grad():
-            labelled = targets >= 0
-            correct = ((logits.argmax(1) == targets) & labelled).sum()
-            accuracy = correct / labelled.sum().clamp(min=1)
-        return {"loss": ce, "ce": ce.detach(), "accuracy": accuracy.float()}
+        return self.head(features.float())
 
     def classify(self, features: Tensor) -> Tensor:
         """The linear layer's logits: what Tables 5-8 score."""

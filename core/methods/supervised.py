@@ -25,18 +25,23 @@ class Supervised(Method):
         class_weights: Tensor | None = None,
     ) -> None:
         super().__init__(cfg, encoder, num_classes, class_weights)
-        self.head = self._projection_head(num_classes)
+        self.head = self._build_head(num_classes)
 
-    def forward(
-        self, view1: Tensor, view2: Tensor | None, labels: Tensor
-    ) -> dict[str, Tensor]:
+    def _build_head(self, num_classes: int) -> nn.Module:
+        """The classifier on the encoder's features: CLAR's head shape, one unit a class."""
+        return self._projection_head(num_classes)
+
+    def _logits(self, inputs: Tensor) -> Tensor:
+        return self.head(self.encoder(inputs))
+
+    def forward(self, view1: Tensor, view2: Tensor | None, labels: Tensor) -> dict[str, Tensor]:
         """Cross-entropy on the batch: one view per clip (``SupervisedConfig.views``; the
         loop passes None as the second), or both views' clips when given two."""
         if view2 is None:
             inputs, targets = view1, labels
         else:
             inputs, targets = torch.cat([view1, view2]), torch.cat([labels, labels])
-        logits = self.head(self.encoder(inputs))
+        logits = self._logits(inputs)
         ce, _ = losses.labelled_cross_entropy(logits, targets, self._weights())
         with torch.no_grad():
             labelled = targets >= 0
