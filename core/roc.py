@@ -65,8 +65,6 @@ def roc_curves(targets: np.ndarray, probabilities: np.ndarray, num_classes: int)
     ``probabilities[i, k]`` is clip i's score for class k (softmax). Scores that are not
     all finite (a diverged trial) give no curves rather than an error: the trial's other
     scores stand."""
-    from sklearn.metrics import auc, roc_curve
-
     targets = np.asarray(targets, dtype=np.int64)
     scores = np.asarray(probabilities, dtype=np.float64)
     if not len(targets) or not np.isfinite(scores).all():
@@ -79,18 +77,32 @@ def roc_curves(targets: np.ndarray, probabilities: np.ndarray, num_classes: int)
         if positives in (0, len(targets)):
             skipped.append(index)
             continue
-        fpr, tpr, _ = roc_curve(truth[:, index], scores[:, index])
-        per_class[index] = Curve(fpr, tpr, float(auc(fpr, tpr)))
+        per_class[index] = _curve(truth[:, index], scores[:, index])
     micro = None
     if num_classes >= 2:
-        fpr, tpr, _ = roc_curve(truth.ravel(), scores.ravel())
-        micro = Curve(fpr, tpr, float(auc(fpr, tpr)))
+        micro = _curve(truth.ravel(), scores.ravel())
     macro = None
     if per_class:
         curves = list(per_class.values())
         mean_tpr = np.mean([np.interp(MACRO_GRID, c.fpr, c.tpr) for c in curves], axis=0)
         macro = Curve(MACRO_GRID.copy(), mean_tpr, float(np.mean([c.auc for c in curves])))
     return RocCurves(per_class, micro, macro, skipped)
+
+
+def _curve(positive: np.ndarray, score: np.ndarray) -> Curve:
+    """One binary ROC curve and its area: a point at every distinct score, ties moving
+    together, as ``sklearn.metrics.roc_curve(drop_intermediate=False)`` and ``auc``
+    compute them (tests/test_scoring.py checks against them). Written here because
+    importing ``sklearn.metrics`` costs every trial's process about a CPU-second, about
+    20 s of a suite of tiny trials on two cores."""
+    order = np.argsort(-score, kind="mergesort")
+    score, positive = score[order], positive[order]
+    ends = np.r_[np.flatnonzero(np.diff(score)), score.size - 1]  # last of each tie
+    true_positives = np.cumsum(positive)[ends]
+    false_positives = ends + 1 - true_positives
+    tpr = np.r_[0.0, true_positives / true_positives[-1]]
+    fpr = np.r_[0.0, false_positives / false_positives[-1]]
+    return Curve(fpr, tpr, float(np.trapezoid(tpr, fpr)))
 
 
 def macro_roc_json(curves: RocCurves) -> str | None:

@@ -87,21 +87,13 @@ def _module_fixtures(item: pytest.Item) -> bool:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Lanes for ``make test`` (pytest-xdist, ``--dist loadgroup``, two workers): the tests
     of a module that share a module-scoped fixture stay in one lane (``xdist_group``), so
-    the fixture is built once; the tests on Ray (and those marked slow) go first, as they
-    are the long ones, and
+    the fixture is built once; the tests on Ray go first, as they are the long ones, and
     the short ones fill the lanes behind them. Each lane starts its session's one Ray
     cluster on its first test that needs it. Without xdist the marks change nothing."""
     for item in items:
         if _module_fixtures(item):
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))  # type: ignore[attr-defined]
-    items.sort(key=lambda item: not _long(item))
-
-
-def _long(item: pytest.Item) -> bool:
-    """A test on the session's Ray, or one marked slow (a Ray of its own, a server)."""
-    return "ray_cluster" in getattr(item, "fixturenames", ()) or bool(
-        item.get_closest_marker("slow")
-    )
+    items.sort(key=lambda item: "ray_cluster" not in getattr(item, "fixturenames", ()))
 
 
 @dataclass

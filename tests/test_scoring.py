@@ -250,3 +250,28 @@ def test_the_paper_preset_evaluates_every_ten_epochs_for_figure_5():
     from core.config import preset
 
     assert preset("paper").train.eval_every == 10
+
+
+def test_the_roc_curve_is_sklearns_point_for_point_ties_included() -> None:
+    """core.roc draws its curves without sklearn (an import every trial would pay): the
+    same points as roc_curve(drop_intermediate=False) and the same area as roc_auc_score,
+    on random scores rounded so that ties occur."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    from core.roc import _curve
+
+    rng = np.random.default_rng(0)
+    checked = 0
+    for _ in range(100):
+        size = int(rng.integers(5, 60))
+        positive = rng.random(size) < 0.3
+        if positive.all() or not positive.any():
+            continue
+        score = np.round(rng.random(size), int(rng.integers(1, 4)))
+        curve = _curve(positive, score)
+        fpr, tpr, _ = roc_curve(positive, score, drop_intermediate=False)
+        np.testing.assert_allclose(curve.fpr, fpr)
+        np.testing.assert_allclose(curve.tpr, tpr)
+        assert curve.auc == pytest.approx(roc_auc_score(positive, score), abs=1e-12)
+        checked += 1
+    assert checked > 80
