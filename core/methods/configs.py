@@ -97,6 +97,12 @@ class MethodConfig(Section):
         return self, None
 
 
+def whole_global_batches(rows: int, global_batch: int) -> int:
+    """The largest multiple of the global batch that is at most ``rows``, and at least one
+    batch: a queue of keys or features fills a whole global batch at a time (MoCo, SwAV)."""
+    return max(global_batch, rows // global_batch * global_batch)
+
+
 @dataclass
 class MethodEntry:
     """A registered method: its config class and its implementation (a ``Method``
@@ -236,7 +242,7 @@ class _MoCoBase(MethodConfig):
         uses 4,096 and 8,192."""
         if self.queue_size <= train_clips:
             return self, None
-        fitted = max(global_batch, train_clips // global_batch * global_batch)
+        fitted = whole_global_batches(train_clips, global_batch)
         note = (
             f"method.queue_size={self.queue_size} is longer than the training split "
             f"({train_clips} clips): capped to {fitted}, the largest multiple of the global "
@@ -365,8 +371,7 @@ class SwAVConfig(MethodConfig):
         no longer than the training split: a longer one would hold the same clips twice."""
         if not self.uses_queue(global_batch):
             return self, None
-        longest = min(self.queue_length, train_clips)
-        fitted = max(global_batch, longest // global_batch * global_batch)
+        fitted = whole_global_batches(min(self.queue_length, train_clips), global_batch)
         if fitted == self.queue_length:
             return self, None
         note = (
