@@ -108,6 +108,11 @@ class ExperimentConfig(Section):
                 f"augment.spec_pipeline={self.augment.spec_pipeline} works on spectrograms but "
                 f"frontend.name='raw1d' has none; clear augment.spec_pipeline or use a 2D front end"
             )
+        if self.train.memory_format == "channels_last" and not self.frontend.is_2d:
+            raise ValueError(
+                f"train.memory_format='channels_last' needs a 2D front end, and frontend.name="
+                f"{self.frontend.name!r} feeds a 1D encoder; use 'auto' or 'contiguous'"
+            )
         if self.train.batch_size % self.train.num_workers:
             raise ValueError(
                 f"train.batch_size={self.train.batch_size} (global) is not divisible by "

@@ -276,7 +276,11 @@ class TrainConfig(Section):
     batch_size: int = Field(1024, gt=0)
     num_workers: int = Field(1, gt=0)  # training workers per trial
     use_gpu: bool = False
+    # auto: bf16 autocast where the GPU or CPU does bf16 natively (AMX, AVX512-BF16),
+    # fp16 + GradScaler on a GPU without it, fp32 on other CPUs (core.train.precision).
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
+    # auto: channels-last for 2D encoders and their inputs, contiguous for 1D ones.
+    memory_format: Literal["auto", "channels_last", "contiguous"] = "auto"
     grad_clip: float | None = Field(None, gt=0)
     seed: int = 0
     eval_every: int = Field(10, gt=0)

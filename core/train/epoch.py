@@ -36,18 +36,6 @@ class TrialData:
     class_counts: np.ndarray
 
 
-def amp_settings(mode: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
-    """(autocast dtype or None, whether a GradScaler is needed). AMP is CUDA-only."""
-    if device.type != "cuda" or mode == "off":
-        return None, False
-    # Emulated bf16 (a V100, the paper's GPU) runs without tensor cores: fp16 with a
-    # scaler is the fast choice there, so "auto" only counts native bf16.
-    native_bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
-    if mode == "fp16" or (mode == "auto" and not native_bf16):
-        return torch.float16, True
-    return torch.bfloat16, False
-
-
 def unwrap(model: nn.Module) -> nn.Module:
     """The method inside a DDP wrapper (or the method itself)."""
     return model.module if hasattr(model, "module") else model
@@ -68,6 +56,7 @@ class TrialParts:
     schedule: LearningRateSchedule
     scaler: torch.amp.GradScaler
     amp_dtype: torch.dtype | None
+    memory_format: torch.memory_format  # of the encoder's weights and inputs
     steps_per_epoch: int
     local_batch: int
     hooks: FaultHooks
@@ -134,6 +123,7 @@ def train_epoch(trial: TrialParts, epoch: int) -> dict[str, float]:
                 )
                 for _ in range(type(cfg.method).views)
             ]
+            views = [view.contiguous(memory_format=trial.memory_format) for view in views]
         augment_seconds += time.perf_counter() - tick
         outputs = train_step(trial, views, labels, epoch, step)
         for key, value in outputs.items():

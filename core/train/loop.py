@@ -42,8 +42,14 @@ from core.tracking import RunIdentity, TrialLog, finish_completed_run
 from core.train.batches import seed_everything
 from core.train.checkpoint import load_checkpoint, save_checkpoint
 from core.train.context import TrialContext, all_placements
-from core.train.epoch import TrialData, TrialParts, amp_settings, train_epoch, unwrap
+from core.train.epoch import TrialData, TrialParts, train_epoch, unwrap
 from core.train.faults import FaultHooks
+from core.train.precision import (
+    PRECISION_NAMES,
+    amp_settings,
+    memory_format,
+    memory_format_name,
+)
 
 
 def load_trial_data(cfg: ExperimentConfig, progress: bool) -> TrialData:
@@ -102,6 +108,8 @@ def set_up(cfg: ExperimentConfig, context: TrialContext) -> TrialParts:
             data.cache.batch(train_rows[start : start + 256]).to(device)
             for start in range(0, len(train_rows), 256)
         )
+    layout = memory_format(cfg)
+    method = method.to(memory_format=layout)  # conv weights; 1D and dense ones keep theirs
     if world > 1:
         method = convert_for_distributed(method, device)
     model = context.prepare_model(method)
@@ -122,6 +130,7 @@ def set_up(cfg: ExperimentConfig, context: TrialContext) -> TrialParts:
         schedule=build_schedule(cfg.optim, optimizer, steps_per_epoch, cfg.train.epochs),
         scaler=torch.amp.GradScaler("cuda", enabled=needs_scaler),
         amp_dtype=amp_dtype,
+        memory_format=layout,
         steps_per_epoch=steps_per_epoch,
         local_batch=cfg.train.batch_size // world,
         hooks=FaultHooks(context.rank),
@@ -253,7 +262,13 @@ def open_log(trial: TrialParts, identity: RunIdentity, progress: Progress) -> Tr
         run_id=progress.run_id or None,
         start_epoch=progress.next_epoch,
         restored_metrics=progress.metrics,
-        extra_tags={"clarlab.cache_hash": trial.data.cache.content_hash, **placement},
+        extra_tags={
+            "clarlab.cache_hash": trial.data.cache.content_hash,
+            # What train.amp and train.memory_format resolved to on this device.
+            "clarlab.precision": PRECISION_NAMES[trial.amp_dtype],
+            "clarlab.memory_format": memory_format_name(trial.memory_format),
+            **placement,
+        },
     )
     progress.run_id = log.run_id
     return log

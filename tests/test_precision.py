@@ -1,0 +1,99 @@
+"""Precision and memory format: bf16 autocast on a CPU that does bf16 natively, channels-last
+for 2D encoders, and each trial's MLflow run saying which it trained in."""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+import pytest
+import torch
+
+from core.config import preset
+from core.sections import ConfigError
+from core.train import CallbackContext, run_loop
+from core.train.precision import amp_settings, cpu_bf16_native, memory_format
+from tests.test_train import runs_of, small_config
+
+CPU = torch.device("cpu")
+
+
+def _cpuinfo_flags() -> set[str]:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+@pytest.mark.skipif(
+    platform.system() != "Linux" or platform.machine() != "x86_64",
+    reason="the kernel's CPU flags are read from /proc/cpuinfo on x86-64 Linux",
+)
+def test_native_bf16_is_read_from_the_cpus_instruction_set():
+    """The probe agrees with the flags the kernel reports: AMX tiles or AVX512-BF16."""
+    assert cpu_bf16_native() == bool({"amx_tile", "avx512_bf16"} & _cpuinfo_flags())
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_picks_bf16_on_a_cpu_only_where_it_is_native(monkeypatch, native):
+    """``auto`` follows the probe; ``bf16`` and ``off`` force it; ``fp16`` on a CPU trains
+    in fp32 (no CPU GradScaler); no CPU choice needs a scaler."""
+    for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+        monkeypatch.setattr(torch.cpu, probe, lambda native=native: native)
+    assert amp_settings("auto", CPU) == ((torch.bfloat16, False) if native else (None, False))
+    assert amp_settings("bf16", CPU) == (torch.bfloat16, False)
+    assert amp_settings("off", CPU) == (None, False)
+    assert amp_settings("fp16", CPU) == (None, False)
+
+
+def test_2d_encoders_go_channels_last_and_1d_ones_stay_contiguous():
+    two_d = preset("quick", {"frontend": {"name": "stft3"}, "model": {"encoder": "resnet18"}})
+    one_d = preset("quick", {"frontend": {"name": "raw1d"}, "model": {"encoder": "resnet18_1d"}})
+    assert memory_format(two_d) == torch.channels_last
+    assert memory_format(one_d) == torch.contiguous_format
+    contiguous = two_d.with_overrides({"train": {"memory_format": "contiguous"}})
+    assert memory_format(contiguous) == torch.contiguous_format
+    with pytest.raises(ConfigError, match="train.memory_format=.channels_last. needs a 2D"):
+        one_d.with_overrides({"train": {"memory_format": "channels_last"}})
+
+
+def test_a_trial_trains_in_what_it_logs(fsdd_root, cache_dir, mlflow_store, tmp_path, monkeypatch):
+    """A CPU trial under the defaults: the encoder sees channels-last inputs under bf16
+    autocast where the CPU has native bf16 (fp32 elsewhere), its loss stays fp32, and
+    the MLflow run's tags name the precision and layout it trained in; ``off`` and
+    ``contiguous`` train and log fp32 and contiguous."""
+    from core.methods.simclr import SimCLR
+
+    seen: list[tuple[bool, torch.dtype, torch.dtype]] = []
+    real_forward = SimCLR.forward
+
+    def recording(self, view1, view2, labels):
+        outputs = real_forward(self, view1, view2, labels)
+        seen.append(
+            (
+                view1.is_contiguous(memory_format=torch.channels_last),
+                torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None,
+                outputs["loss"].dtype,
+            )
+        )
+        return outputs
+
+    monkeypatch.setattr(SimCLR, "forward", recording)
+    expected = "bf16" if cpu_bf16_native() else "fp32"
+    for name, train, precision, layout in (
+        ("default", {}, expected, "channels_last"),
+        ("fp32", {"amp": "off", "memory_format": "contiguous"}, "fp32", "contiguous"),
+    ):
+        seen.clear()
+        cfg, who = small_config(
+            fsdd_root, cache_dir, mlflow_store, f"{tmp_path.name}-{name}",
+            train={"epochs": 1, "max_steps_per_epoch": 1, "eval_epochs": 1, **train},
+        )  # fmt: skip
+        run_loop(cfg, CallbackContext(), who)
+        (run,) = runs_of(who)
+        assert run.data.tags["clarlab.precision"] == precision
+        assert run.data.tags["clarlab.memory_format"] == layout
+        (channels_last, autocast_dtype, loss_dtype) = seen[0]
+        assert channels_last == (layout == "channels_last")
+        assert autocast_dtype == {"bf16": torch.bfloat16, "fp32": None}[precision]
+        assert loss_dtype == torch.float32
