@@ -13,8 +13,8 @@ On one CUDA device, in one run (about 2-3 minutes at the default ``--seconds 5``
 - each batched signal augmentation alone on the GPU;
 - the training step as a trial runs it (cache read on the device, two augmented views,
   front end, ResNet18, SimCLR loss, backward, LARS step) with AMP bf16 and in fp32, for
-  the 2D ResNet18 on stft3 and the 1D ResNet18 on raw audio, width 64, batch 256 (CLAR's
-  per-GPU batch: 1024 over 4 GPUs).
+  the 2D ResNet18 on stft3 (channels-last, as trials train it, and contiguous) and the 1D
+  ResNet18 on raw audio, width 64, batch 256 (CLAR's per-GPU batch: 1024 over 4 GPUs).
 
 Audio: the real FSDD at 16 kHz from ``$CLARLAB_DATA/fsdd`` (cached under
 ``$CLARLAB_CACHE``), else synthetic clips written in FSDD's layout, said in the output.
@@ -284,9 +284,10 @@ def pipeline_rates(cache: Any, args: argparse.Namespace, out: dict[str, Any]) ->
 
 
 def training_rate(
-    cache: Any, frontend_name: str, amp: bool, args: argparse.Namespace
+    cache: Any, frontend_name: str, amp: bool, channels_last: bool, args: argparse.Namespace
 ) -> dict[str, float]:
-    """Clips/s of the SimCLR training step, as a trial runs it, at the paper's model."""
+    """Clips/s of the SimCLR training step, as a trial runs it, at the paper's model, with
+    the encoder and its inputs channels-last or contiguous (``train.memory_format``)."""
     from core.augment import build_view_augment
     from core.config import preset
     from core.features import build_frontend
@@ -302,7 +303,11 @@ def training_rate(
             "frontend": {"name": frontend_name},
             "model": {"encoder": MODELS[frontend_name], "width": args.width},
             "method": {"name": "simclr"},
-            "train": {"batch_size": args.batch, "amp": "bf16" if amp else "off"},
+            "train": {
+                "batch_size": args.batch,
+                "amp": "bf16" if amp else "off",
+                "memory_format": "channels_last" if channels_last else "contiguous",
+            },
         },
     )
     device = args.device
@@ -310,7 +315,9 @@ def training_rate(
     frontend = build_frontend(cfg.frontend, SR).to(device)
     augment = build_view_augment(cfg.augment, SR).to(device)
     encoder = build_encoder(cfg.model, in_channels=frontend.out_channels)
-    method = build_method(cfg, encoder, num_classes=len(cache.class_names)).to(device)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    method = build_method(cfg, encoder, num_classes=len(cache.class_names))
+    method = method.to(device, memory_format=layout)
     method.train()
     optimizer = build_optimizer(cfg.optim, method)
     generator = torch.Generator(device=device).manual_seed(0)
@@ -324,6 +331,7 @@ def training_rate(
         labels = torch.from_numpy(cache.labels[rows]).to(device)
         with torch.no_grad():
             views = [frontend(augment(waves, generator)) for _ in range(2)]
+            views = [view.contiguous(memory_format=layout) for view in views]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             outputs = method(views[0], views[1], labels)
         loss = outputs["loss"].float()
@@ -349,29 +357,44 @@ def training_rate(
 
 
 def training_rates(cache: Any, args: argparse.Namespace, out: dict[str, Any]) -> bool:
-    """bf16 and fp32 training steps for the 2D and 1D ResNet18; False if a loss is not
-    finite."""
+    """bf16 and fp32 training steps for the 2D and 1D ResNet18, the 2D one channels-last
+    (the default) and contiguous; False if a loss is not finite."""
     finite = True
     print(f"\ntraining step, SimCLR FD>TM, ResNet18 width {args.width}, batch {args.batch}:")
     for frontend_name in MODELS:
         rates = {}
-        for amp in (True, False):
+        layouts = (True, False) if frontend_name != "raw1d" else (False,)
+        for amp, channels_last in [(amp, cl) for amp in (True, False) for cl in layouts]:
             label = f"train_{frontend_name}_{'bf16' if amp else 'fp32'}"
+            if frontend_name != "raw1d":
+                label += "_channels_last" if channels_last else "_contiguous"
             if over_budget(out, label):
                 continue
-            row = training_rate(cache, frontend_name, amp, args)
-            rates[amp] = row["clips_per_s"]
+            row = training_rate(cache, frontend_name, amp, channels_last, args)
+            rates[(amp, channels_last)] = row["clips_per_s"]
             finite = finite and row["finite"]
             out[f"{label}_clips_per_s"] = round(row["clips_per_s"], 1)
             if args.device.type == "cuda":
                 out[f"{label}_peak_gib"] = round(row["peak_gib"], 2)
+            layout_name = "channels-last" if channels_last else "contiguous"
             print(
-                f"  {MODELS[frontend_name]:<12} {'bf16' if amp else 'fp32':<5} "
+                f"  {MODELS[frontend_name]:<12} {'bf16' if amp else 'fp32':<5} {layout_name:<13} "
                 f"{row['clips_per_s']:9,.1f} clips/s  {row['step_ms']:8.1f} ms/step  "
                 f"peak {row['peak_gib']:.2f} GiB  loss {'finite' if row['finite'] else 'NOT FINITE'}"
             )
-        if len(rates) == 2:
-            out[f"train_{frontend_name}_bf16_speedup"] = round(rates[True] / rates[False], 2)
+        default = layouts[0]  # channels-last for 2D encoders, as trials train them
+        if (True, default) in rates and (False, default) in rates:
+            out[f"train_{frontend_name}_bf16_speedup"] = round(
+                rates[(True, default)] / rates[(False, default)], 2
+            )
+        if (True, True) in rates and (True, False) in rates:
+            out[f"train_{frontend_name}_channels_last_speedup_bf16"] = round(
+                rates[(True, True)] / rates[(True, False)], 2
+            )
+        if (False, True) in rates and (False, False) in rates:
+            out[f"train_{frontend_name}_channels_last_speedup_fp32"] = round(
+                rates[(False, True)] / rates[(False, False)], 2
+            )
     out["training_losses_finite"] = finite
     return finite
 
