@@ -7,7 +7,13 @@ On real FSDD, with several seeds, it measures with 95 % intervals (paired by see
   (b) CLAR against supervised at 10 % and 1 % labels (CLAR Table 2), and at 1 % with and
       without labelled clips in every batch (train.labelled_per_batch);
   (c) stft3 against raw1d for SimCLR FD+TM (CLAR Table 1), when asked for (raw1d trains
-      about 8x slower on CPU).
+      about 8x slower on CPU);
+  (p) SimCLR FD+TM under the default precision and memory format (bf16 autocast and
+      channels-last on a CPU with native bf16) against fp32 and contiguous, same seeds:
+      what the speed-up costs in top-1;
+  (o) CLAR against supervised at 1 % labels alone (part b's 1 % pair, without the 10 %
+      runs), with ``--labelled-per-batch`` labelled clips dealt into every batch (0: the
+      paper's random batches): the part to search a laptop setting for CLAR Table 2 with.
 
 Trials run as plain processes (no Ray), two at a time, each on one CPU thread, with the
 budget printed first. The last line is one JSON object of the headline figures: mean
@@ -15,6 +21,8 @@ differences in top-1 points with ``*_ci`` half-widths, and ``minutes``.
 
     python bench/fidelity.py                      # the laptop budget, parts a and b
     python bench/fidelity.py --parts a --epochs 30 --eval-every 5   # the curve only
+    python bench/fidelity.py --parts ap                              # a, and fp32 against it
+    python bench/fidelity.py --parts o --seeds 5 --labelled-per-batch 16 --epochs 30
 """
 
 from __future__ import annotations
@@ -99,13 +107,32 @@ def run_one(job: tuple[Run, dict[str, Any], str]) -> dict[str, Any]:
     }
 
 
+FP32 = {"train": {"amp": "off", "memory_format": "contiguous"}}
+
+
+def one_percent_names(labelled_per_batch: int) -> tuple[str, str]:
+    """Part o's CLAR and supervised run names (those of part b's 1 % pair they repeat)."""
+    suffix = "_stratified" if labelled_per_batch else ""
+    return f"clar_1{suffix}", f"supervised_1{suffix}"
+
+
 def plan(parts: str, seeds: Sequence[int], labelled_per_batch: int) -> list[Run]:
     runs: list[Run] = []
     fd_tm = {"augment": {"pipeline": ["FD", "TM"]}}
+    simclr = Run("simclr_fd_tm", {**fd_tm, "method": {"name": "simclr"}}, 0)
     for seed in seeds:
+        if "a" in parts or "c" in parts or "p" in parts:
+            runs.append(Run(simclr.name, simclr.overrides, seed))
         if "a" in parts:
-            runs.append(Run("simclr_fd_tm", {**fd_tm, "method": {"name": "simclr"}}, seed))
             runs.append(Run("untrained", {"method": {"name": "untrained"}}, seed))
+        if "p" in parts:
+            runs.append(Run("simclr_fd_tm_fp32", deep_merge(simclr.overrides, FP32), seed))
+        if "o" in parts and "b" not in parts:
+            batches = {"train": {"labelled_per_batch": labelled_per_batch or None}}
+            labels = {"data": {"label_fraction": 0.01}, **batches}
+            clar, supervised = one_percent_names(labelled_per_batch)
+            for name, method in ((clar, "clar"), (supervised, "supervised")):
+                runs.append(Run(name, {**fd_tm, **labels, "method": {"name": method}}, seed))
         if "b" in parts:
             for fraction, tag in ((0.1, "10"), (0.01, "1")):
                 labels = {"data": {"label_fraction": fraction}}
@@ -138,8 +165,6 @@ def plan(parts: str, seeds: Sequence[int], labelled_per_batch: int) -> list[Run]
             runs.append(
                 Run("simclr_fd_tm_raw1d", {**fd_tm, **raw, "method": {"name": "simclr"}}, seed)
             )
-            if "a" not in parts:
-                runs.append(Run("simclr_fd_tm", {**fd_tm, "method": {"name": "simclr"}}, seed))
     # Longest first, so that two workers finish together.
     return sorted(runs, key=lambda run: run.name == "untrained")
 
@@ -168,7 +193,7 @@ def difference(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", default="ab", help="a, b and/or c (default: ab)")
+    parser.add_argument("--parts", default="ab", help="a, b, c, p and/or o (default: ab)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=None, help="default: the laptop preset's")
     parser.add_argument("--eval-every", type=int, default=None, help="default: at the end only")
@@ -177,11 +202,18 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--sample-rate", type=int, default=8000)
-    parser.add_argument("--labelled-per-batch", type=int, default=8)
+    parser.add_argument(
+        "--labelled-per-batch",
+        type=int,
+        default=8,
+        help="labelled clips dealt into every batch of part b's stratified pair and of part o "
+        "(0 in part o: random batches)",
+    )
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
 
     from core.config import PRESETS
+    from core.train.precision import cpu_bf16_native
 
     args.epochs = args.epochs or PRESETS["laptop"]["train"]["epochs"]
     budget = budget_overrides(args)
@@ -190,6 +222,8 @@ def main() -> None:
         f"budget: FSDD at {args.sample_rate} Hz, {args.clips or 'all'} training clips, "
         f"ResNet18 width {args.width}, stft3, batch {args.batch}, Adam lr {args.lr:g}, "
         f"{args.epochs} epochs, evaluation every {args.eval_every or args.epochs} epochs; "
+        f"default precision {'bf16 autocast' if cpu_bf16_native() else 'fp32'}, stft3 "
+        f"channels-last; "
         f"{args.seeds} seeds; {len(runs)} trials, {args.workers} at a time",
         flush=True,
     )
@@ -241,8 +275,16 @@ def main() -> None:
         report("clar_1_stratified_minus_random", "clar_1_stratified", "clar_1")
     if "c" in args.parts:
         report("stft3_minus_raw1d", "simclr_fd_tm", "simclr_fd_tm_raw1d")
+    if "p" in args.parts:
+        report("default_minus_fp32", "simclr_fd_tm", "simclr_fd_tm_fp32")
+    if "o" in args.parts and "b" not in args.parts:
+        clar, supervised = one_percent_names(args.labelled_per_batch)
+        report(f"clar_minus_{supervised}", clar, supervised)
     figures["minutes"] = round(minutes, 1)
     figures["epochs"] = args.epochs
+    figures["seeds"] = args.seeds
+    figures["labelled_per_batch"] = args.labelled_per_batch
+    figures["cpu_bf16_native"] = cpu_bf16_native()
     print(json.dumps(figures))
 
 
