@@ -97,3 +97,27 @@ def test_a_trial_trains_in_what_it_logs(fsdd_root, cache_dir, mlflow_store, tmp_
         assert channels_last == (layout == "channels_last")
         assert autocast_dtype == {"bf16": torch.bfloat16, "fp32": None}[precision]
         assert loss_dtype == torch.float32
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_the_dry_run_says_what_precision_each_trial_gets_and_costs_it_so(
+    fsdd_root, capsys, monkeypatch, native
+):
+    """On a CPU with native bf16 the laptop matrix's dry run says its trials train bf16 and
+    channels-last, and estimates them at the bf16 rate; without it, fp32 at the fp32 rate."""
+    from tests.test_ablation_scripts import _dry_run_output
+
+    for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+        monkeypatch.setattr(torch.cpu, probe, lambda native=native: native)
+    argv = ("--preset", "laptop", "--frontends", "stft3", "--augs", "FD", "TM", "--no-controls")
+    _, out = _dry_run_output("run_aug_matrix", capsys, *argv)
+    precision = "bf16" if native else "fp32"
+    does = "does" if native else "does not do"
+    assert f"which {does} bf16 natively" in out
+    assert f"12 trial(s) {precision}, channels_last" in out  # 4 cells x 3 seeds
+    hours = float(out.split("estimated training cost: ")[1].split()[0])
+    from core.sweep.dryrun import MEASURED_CLIPS_PER_S
+
+    rate = MEASURED_CLIPS_PER_S[("cpu", "2d", precision)]
+    # 4 trials x 3 seeds x 20 epochs x 42 steps x 64 clips, one core each
+    assert hours == pytest.approx(12 * 20 * 42 * 64 / rate / 3600, abs=0.06)

@@ -94,12 +94,21 @@ def trial_table(
 
 
 # Training clips per second per worker (both views of each clip through the encoder), by
-# device and encoder kind. CPU: one core of a 2-core laptop, ResNet18 width 16 on FSDD at
-# 8 kHz, batch 64 (bench/fidelity.py: 10.1 s per 2,688-clip epoch for stft3; raw1d is about
-# 8x slower in bench/train.py). Wider encoders and longer clips are slower.
+# device, encoder kind and the precision the trial trains in on this CPU (train.amp=auto:
+# bf16 where the CPU does bf16 natively, core.train.precision). CPU: one core of a 2-core
+# laptop, two trials at a time, ResNet18 width 16 on FSDD at 8 kHz, batch 64
+# (bench/fidelity.py: 10.1 s per 2,688-clip epoch for stft3 in fp32, 7.65 s in bf16 and
+# channels-last; raw1d in fp32 from bench/train.py's 1D/2D ratio, in bf16 that times the
+# 1.88x its laptop step gained at one thread, 25.0 -> 47.2 clips/s). Wider encoders and
+# longer clips are slower.
 # GPU: not measured on this project's machines (bench/gpu.py measures yours); 1,000 is a
 # placeholder of the right order for a width-64 ResNet18 with AMP, shown as an assumption.
-MEASURED_CLIPS_PER_S = {("cpu", "2d"): 266.0, ("cpu", "1d"): 33.0}
+MEASURED_CLIPS_PER_S = {
+    ("cpu", "2d", "fp32"): 266.0,
+    ("cpu", "2d", "bf16"): 351.0,
+    ("cpu", "1d", "fp32"): 33.0,
+    ("cpu", "1d", "bf16"): 62.0,
+}
 ASSUMED_GPU_CLIPS_PER_S = 1000.0
 
 
@@ -111,6 +120,10 @@ def cost_estimate(
 ) -> str:
     """Device-hours of the whole sweep: epochs x training clips (capped by
     max_steps_per_epoch) / throughput, times the devices each trial holds."""
+    import torch  # the driver has it loaded by now; kept out of this module's import
+
+    from core.train.precision import PRECISION_NAMES, amp_settings, cpu_bf16_native
+
     on_gpu = resources.gpus_per_worker > 0
     seconds, unknown = 0.0, 0
     for trial in trials:
@@ -124,8 +137,9 @@ def cost_estimate(
         if cfg.train.max_steps_per_epoch:
             steps = min(steps, cfg.train.max_steps_per_epoch)
         kind = "2d" if cfg.frontend.is_2d else "1d"
+        precision = PRECISION_NAMES[amp_settings(cfg.train.amp, torch.device("cpu"))[0]]
         rate = clips_per_s or (
-            ASSUMED_GPU_CLIPS_PER_S if on_gpu else MEASURED_CLIPS_PER_S[("cpu", kind)]
+            ASSUMED_GPU_CLIPS_PER_S if on_gpu else MEASURED_CLIPS_PER_S[("cpu", kind, precision)]
         )
         seconds += cfg.train.epochs * steps * cfg.train.batch_size / (rate * cfg.train.num_workers)
     devices = resources.workers_per_trial * (
@@ -138,13 +152,47 @@ def cost_estimate(
     elif on_gpu:
         basis = f"at an assumed {ASSUMED_GPU_CLIPS_PER_S:g} clips/s per GPU (not measured here: run bench/gpu.py on your GPU and pass --throughput)"
     else:
-        basis = "at the clips/s measured for width 16 at 8 kHz on one laptop core"
+        basis = (
+            "at the clips/s measured for width 16 at 8 kHz on one laptop core, in the "
+            f"precision train.amp gives on this CPU (native bf16: {'yes' if cpu_bf16_native() else 'no'})"
+        )
     if unknown == len(trials):
         return f"estimated training cost: unknown ({unit}): no trial's dataset could be scanned"
     text = f"estimated training cost: {hours:,.1f} {unit} {basis}; evaluation not included"
     if unknown:
         text += f"; {unknown} trial(s) without a scanned dataset are not counted"
     return text
+
+
+def precision_summary(trials: Sequence[Trial], resources: Resources) -> str:
+    """What ``train.amp`` and ``train.memory_format`` resolve to: on this CPU for CPU
+    trials (the probe runs here, as it will in each trial on this machine), by rule for
+    GPU trials (their GPU is not here to ask)."""
+    import torch
+
+    from core.train.precision import (
+        PRECISION_NAMES,
+        amp_settings,
+        cpu_bf16_native,
+        memory_format,
+        memory_format_name,
+    )
+
+    if resources.gpus_per_worker > 0:
+        return (
+            "precision: train.amp=auto trains bf16 on a GPU with native bf16 (compute "
+            "capability 8+), fp16 with a gradient scaler on older ones; 2D encoders "
+            "channels-last (each trial's run tags clarlab.precision, clarlab.memory_format)"
+        )
+    counts: dict[str, int] = {}
+    for trial in trials:
+        cfg = trial.config
+        precision = PRECISION_NAMES[amp_settings(cfg.train.amp, torch.device("cpu"))[0]]
+        key = f"{precision}, {memory_format_name(memory_format(cfg))}"
+        counts[key] = counts.get(key, 0) + 1
+    native = "does" if cpu_bf16_native() else "does not do"
+    shares = "; ".join(f"{n} trial(s) {key}" for key, n in counts.items())
+    return f"precision on this CPU, which {native} bf16 natively (AMX or AVX512-BF16): {shares}"
 
 
 def _fitted_notes(trials: Sequence[Trial], split_sizes: Mapping[str, SplitSizes]) -> list[str]:
@@ -186,6 +234,7 @@ def print_grid_dry_run(
         file=stream,
     )
     print(cost_estimate(trials, split_sizes, resources, request.throughput), file=stream)
+    print(precision_summary(trials, resources), file=stream)
     try:
         resources = replan(resources, None if request.address else here)
         print(f"resources: {resources.describe()}", file=stream)
