@@ -293,6 +293,35 @@ def test_resume_and_report_only_check_trust_before_loading_anything(
     assert reported == [original.resolve()]
 
 
+def test_resume_checks_the_remaining_trials_data_before_ray_starts(
+    tmp_path: Path, fsdd_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The data moves with ``$CLARLAB_DATA``: a resume from a shell without it is refused
+    in seconds, naming the dataset and the variable, instead of failing every remaining
+    trial after Ray has started; with the data where it says, the resume goes on to Ray."""
+    from core.sweep import runner
+    from core.sweep.preflight import PreflightError
+    from core.sweep.request import SweepRequest
+
+    class RayStarted(Exception):
+        pass
+
+    def start_ray(request: SweepRequest) -> None:
+        raise RayStarted
+
+    monkeypatch.setattr(runner, "start_ray", start_ray)
+    results = tmp_path / "results"
+    new_sweep(results)
+    assert SweepState.load(results / "sweep-a").grid.trials[0].config.data.dataset == "fsdd"
+    monkeypatch.setenv("CLARLAB_DATA", str(tmp_path / "elsewhere"))
+    with pytest.raises(PreflightError, match=r"fsdd.*CLARLAB_DATA"):
+        runner.run_sweep(SweepRequest(results_dir=results, resume="sweep-a"))
+
+    monkeypatch.setenv("CLARLAB_DATA", str(fsdd_root.parent))
+    with pytest.raises(RayStarted):
+        runner.run_sweep(SweepRequest(results_dir=results, resume="sweep-a"))
+
+
 def test_a_searchs_state_refuses_a_foreign_folder_like_a_grids(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -24,6 +24,7 @@ from typing import Any, TextIO
 
 from ray import tune
 
+from core.cells import FAILED, FINISHED
 from core.names import check_name
 from core.sweep.disk import check_sweep_disk
 from core.sweep.errors import SweepError
@@ -39,7 +40,7 @@ from core.sweep.preflight import PreflightError, check_trials
 from core.sweep.progress import SweepProgress
 from core.sweep.request import SweepRequest
 from core.sweep.resources import local_resources, replan
-from core.sweep.results import trial_name
+from core.sweep.results import collect_records, trial_name
 from core.sweep.search_plan import SearchPlan, prepare_search_plan, search_tune_run
 from core.sweep.search_report import finish_search
 from core.sweep.session import (
@@ -51,6 +52,7 @@ from core.sweep.session import (
 )
 from core.sweep.spacefile import is_search, read_space_file
 from core.sweep.state import SWEEP_FILE, SweepState, find_sweep, unique_run_name
+from core.sweep.trials import Trial
 from core.sweep.trust import ensure_tune_trusted, record_tune_state
 from core.tracking import (
     ParentRun,
@@ -215,7 +217,8 @@ def _continue_sweep(request: SweepRequest, results_dir: Path, stream: TextIO) ->
     samples = 0
     if kind == "grid":
         request = grid_resume_request(state, request, stream)
-    else:
+    check_trials(trials_to_resume(state, request.retry_failed))  # before Ray, like a new sweep
+    if kind == "search":
         assert state.search is not None
         if request.overrides:
             print(
@@ -229,6 +232,20 @@ def _continue_sweep(request: SweepRequest, results_dir: Path, stream: TextIO) ->
     more = f": {samples} more samples" if samples else f" ({len(state.grid.trials)} trials)"  # type: ignore[union-attr]
     print(f"resuming {kind} {state.run_name} from {run_dir}{more}", file=stream, flush=True)
     return _run_and_finish(state, request, run_dir, stream, restore=True, samples=samples)
+
+
+def trials_to_resume(state: SweepState, retry_failed: bool) -> list[Trial]:
+    """The trials a resume would run, for the preflight: a grid's unfinished ones (its
+    failed ones only with ``retry_failed``), or a search's base config. The data is looked
+    up again because it moves with ``$CLARLAB_DATA``: a resume from a shell without it
+    would otherwise fail every remaining trial, one Ray start after another."""
+    if state.grid is None:
+        assert state.search is not None
+        return [Trial("search-base", "", None, None, state.search.base)]
+    skip = {FINISHED} if retry_failed else {FINISHED, FAILED}
+    records = collect_records(state.experiment_path, state.grid.trials)
+    remaining = {record.trial_id for record in records if record.status not in skip}
+    return [trial for trial in state.grid.trials if trial.trial_id in remaining]
 
 
 def _run_and_finish(
