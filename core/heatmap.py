@@ -56,7 +56,8 @@ class AugmentationMatrix:
     # score, above it for a loss)
     worse_than_control: np.ndarray | None = None
     controls: dict[str, Cell] = field(default_factory=dict)
-    stopped_early: np.ndarray | None = None  # (n, n) bool: ended early by the trial scheduler
+    # (n, n) bool: every seed ended early by the trial scheduler; the value is at a rung
+    stopped_early: np.ndarray | None = None
     mode: str = "max"  # "min": the lowest value is the best
 
     @property
@@ -103,8 +104,8 @@ def augmentation_matrix(
         if record.panel != panel or record.first not in index or record.second not in index:
             continue
         i, j = index[record.first], index[record.second]
-        stopped[i, j] = stopped[i, j] or record.stopped_early
         cell = cells[record.cell_id]
+        stopped[i, j] = cell.at_rung  # its value is at the scheduler's last rung
         status[i, j] = FINISHED if cell.finished else record.status
         if cell.finished:
             block[i, j] = cell.interval.mean

@@ -115,3 +115,57 @@ def test_a_min_mode_metric_marks_the_lowest_cell_best_in_the_heatmap_and_summary
     assert highest.matrices["stft3"].best == ("WN", "WN", pytest.approx(0.95))
     assert "best cell WN 0.950" in highest.summary
     assert (tmp_path / "aug_matrix_stft3.png").stat().st_size > 0
+
+
+def _seeded(cell: tuple[str, str], values: list[float], stopped: list[bool]) -> list[TrialRecord]:
+    """One cell of the stft3 panel at seeds 0.., some stopped early by ASHA at its rung."""
+    first, second = cell
+    return [
+        TrialRecord(
+            trial_id=f"stft3-{first}-{second}-seed{seed}",
+            status=FINISHED,
+            panel="stft3",
+            first=first,
+            second=second,
+            metrics={"test_top1": value},
+            epochs=5 if stop else 20,
+            cell_id=f"stft3-{first}-{second}",
+            seed=seed,
+            stopped_early=stop,
+        )
+        for seed, (value, stop) in enumerate(zip(values, stopped, strict=True))
+    ]
+
+
+def test_a_seed_stopped_at_a_rung_never_averages_with_seeds_that_ran_to_the_end(
+    tmp_path: Path,
+) -> None:
+    """Under ASHA a cell scores only its full-budget seeds; a cell stopped at every seed
+    shows its rung values, marked, and stays out of the comparison with the best even
+    when a rung value is higher than the best full-budget cell."""
+    from core.cells import gather_cells
+
+    records = [
+        *_seeded(("FD", "WN"), [0.90, 0.92, 0.30], [False, False, True]),
+        *_seeded(("PS", "PS"), [0.95, 0.97, 0.96], [True, True, True]),  # noisy rung values
+        *_seeded(("WN", "WN"), [0.60, 0.62, 0.61], [False, False, False]),
+    ]
+    cells = gather_cells(records)
+    mixed, rung, full = cells["stft3-FD-WN"], cells["stft3-PS-PS"], cells["stft3-WN-WN"]
+    assert mixed.scores.by_seed == {0: 0.90, 1: 0.92}  # not the stopped seed's 0.30
+    assert mixed.interval.mean == pytest.approx(0.91)
+    assert (mixed.stopped, mixed.at_rung) == (1, False)
+    assert (rung.stopped, rung.at_rung, rung.interval.mean) == (3, True, pytest.approx(0.96))
+    assert mixed.within_best and not rung.within_best and not full.within_best
+
+    report = write_report(records, tmp_path, codes=CODES, panels=["stft3"])
+    matrix = report.matrices["stft3"]
+    at = {code: k for k, code in enumerate(CODES)}
+    assert matrix.values[at["FD"], at["WN"]] == pytest.approx(0.91)
+    assert matrix.stopped_early[at["PS"], at["PS"]]
+    assert not matrix.stopped_early[at["FD"], at["WN"]]
+    assert "best cell FD > WN" in report.summary
+    assert "every seed of 1 cell(s)" in report.summary
+    assert "1 seed(s) of the other cells (left out of their means)" in report.summary
+    rows = (tmp_path / "aug_matrix_cells.csv").read_text()
+    assert "stopped_early,at_last_rung" in rows.splitlines()[0]
