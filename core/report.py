@@ -131,6 +131,22 @@ TABLE_COLUMNS = (
 )
 
 
+STOPPED_EARLY = "STOPPED_EARLY"
+INTERRUPTED = "INTERRUPTED"
+
+
+def shown_status(record: TrialRecord) -> str:
+    """The status a reader needs: Tune calls a trial ASHA stopped ``TERMINATED``
+    (FINISHED here) and one cut off by Ctrl-C ``PENDING``, which hide that the first ran
+    fewer epochs than planned and that the second already has scores (``--resume``
+    continues it)."""
+    if record.status == FINISHED and record.stopped_early:
+        return STOPPED_EARLY
+    if record.status in ("PENDING", "RUNNING", "PAUSED") and record.epochs:
+        return INTERRUPTED
+    return record.status
+
+
 def _table_rows(records: Iterable[TrialRecord]) -> list[list[str]]:
     rows = []
     for record in records:
@@ -138,7 +154,7 @@ def _table_rows(records: Iterable[TrialRecord]) -> list[list[str]]:
         rows.append(
             [
                 record.trial_id,
-                record.status,
+                shown_status(record),
                 " > ".join(record.pipeline) or "(none)",
                 record.frontend,
                 record.encoder,
@@ -237,8 +253,10 @@ def write_report(
     files.append(write_trials_csv(records, out_dir / "trials.csv"))
     counts: dict[str, int] = {}
     for record in records:
-        counts[record.status] = counts.get(record.status, 0) + 1
-    tally = ", ".join(f"{count} {status.lower()}" for status, count in sorted(counts.items()))
+        counts[shown_status(record)] = counts.get(shown_status(record), 0) + 1
+    tally = ", ".join(
+        f"{count} {status.lower().replace('_', ' ')}" for status, count in sorted(counts.items())
+    )
     parts.insert(0, f"{len(records)} trials: {tally}")
     if note:
         parts.insert(0, note)

@@ -169,3 +169,29 @@ def test_a_seed_stopped_at_a_rung_never_averages_with_seeds_that_ran_to_the_end(
     assert "1 seed(s) of the other cells (left out of their means)" in report.summary
     rows = (tmp_path / "aug_matrix_cells.csv").read_text()
     assert "stopped_early,at_last_rung" in rows.splitlines()[0]
+
+
+def test_the_trial_table_says_which_trials_asha_stopped_and_which_were_interrupted(
+    tmp_path: Path,
+) -> None:
+    """Tune's own statuses read FINISHED for a trial ASHA stopped at a rung and PENDING for
+    one Ctrl-C cut off after some epochs; the table and the summary say what happened."""
+    records = _seeded(("FD", "WN"), [0.90, 0.30], [False, True])
+    interrupted = _seeded(("WN", "WN"), [0.50], [False])[0]
+    interrupted.status, interrupted.epochs = "PENDING", 3
+    never_started = _seeded(("PS", "PS"), [math.nan], [False])[0]
+    never_started.status, never_started.epochs, never_started.metrics = "PENDING", None, {}
+    records += [interrupted, never_started]
+
+    report = write_report(records, tmp_path, codes=CODES, panels=["stft3"])
+    statuses = {
+        line.split(",")[0]: line.split(",")[1]
+        for line in (tmp_path / "trials.csv").read_text().splitlines()[1:]
+    }
+    assert statuses == {
+        "stft3-FD-WN-seed0": "FINISHED",
+        "stft3-FD-WN-seed1": "STOPPED_EARLY",
+        "stft3-WN-WN-seed0": "INTERRUPTED",
+        "stft3-PS-PS-seed0": "PENDING",
+    }
+    assert "4 trials: 1 finished, 1 interrupted, 1 pending, 1 stopped early" in report.summary
