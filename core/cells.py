@@ -77,9 +77,10 @@ class Cell:
     finished: int
     failed: int
     controls: dict[str, str]
-    # Seeds the trial scheduler (ASHA) stopped before the last epoch. Their values are at
-    # a lower budget, so they stay out of the cell's scores when any seed ran to the end;
-    # when none did, the scores are theirs and ``at_rung`` says so.
+    # Seeds the trial scheduler (ASHA) stopped before the last epoch: their values are at a
+    # lower budget than the others'. They stay in the mean, since dropping them would keep
+    # only the seeds that looked good at a rung (a bias upwards); instead the cell is marked
+    # and not compared with the best.
     stopped: int = 0
     interval: Interval = field(init=False)
     vs_control: Comparison | None = None  # this cell - its untrained control
@@ -90,10 +91,9 @@ class Cell:
         self.interval = self.scores.interval()
 
     @property
-    def at_rung(self) -> bool:
-        """Every scored seed was stopped early: the values are at their last rung, not at
-        the full budget, and the cell is not compared with the best."""
-        return self.stopped > 0 and self.stopped == self.finished
+    def stopped_early(self) -> bool:
+        """Some seed ended at a rung: the value mixes budgets; not compared with the best."""
+        return self.stopped > 0
 
     @property
     def verdict(self) -> str:
@@ -127,19 +127,17 @@ def gather_cells(
     which say whether each clip was classified right: that is top-1's noise, not another
     metric's, so other metrics get no per-clip interval.
 
-    Under a trial scheduler (ASHA) a cell scores only its seeds that ran to the end; when
-    every seed was stopped, it scores their last-rung values, is marked ``at_rung`` and
-    stays out of the comparison with the best (the scheduler already judged it below)."""
+    Under a trial scheduler (ASHA), a cell with a seed stopped at a rung is marked
+    ``stopped_early`` and left out of the comparison with the best: only cells whose every
+    seed ran to the end are compared there."""
     grouped: dict[str, list[TrialRecord]] = {}
     for record in records:
         grouped.setdefault(record.cell_id, []).append(record)
     cells: dict[str, Cell] = {}
     for cell_id, members in grouped.items():
         done = [r for r in members if r.status == FINISHED and not math.isnan(r.metric(metric))]
-        full = [r for r in done if not r.stopped_early]
-        scored = full or done  # a stopped seed's rung value never averages with a full one
-        by_seed = {r.seed: r.metric(metric) for r in scored}
-        correct = scored[0].correct if len(scored) == 1 and metric.endswith("top1") else None
+        by_seed = {r.seed: r.metric(metric) for r in done}
+        correct = done[0].correct if len(done) == 1 and metric.endswith("top1") else None
         first = members[0]
         cells[cell_id] = Cell(
             cell_id=cell_id,
@@ -163,7 +161,7 @@ def gather_cells(
         members = {
             c.cell_id: c.scores
             for c in cells.values()
-            if c.panel == panel and c.role == CELL and not c.at_rung
+            if c.panel == panel and c.role == CELL and not c.stopped_early
         }
         _, tied = within_noise_of_best(members, mode)
         for cell_id in tied:
@@ -201,22 +199,25 @@ def describe_panel(cells: Mapping[str, Cell], panel: str, metric: str) -> str:
     ):
         if role in controls and controls[role].scores.by_seed:
             lines.append(f"{panel}: {label} {metric} {controls[role].interval.describe()}")
-    at_rung = [c for c in scored if c.at_rung]
-    compared = [c for c in scored if not c.at_rung] or scored
-    pick = min if scored[0].mode == "min" else max
-    best = pick(compared, key=lambda c: c.interval.mean)
-    tied = [c for c in compared if c.within_best]
-    lowest = f" (lowest {metric})" if best.mode == "min" else ""
-    lines.append(
-        f"{panel}: best cell{lowest} {_name(best)} {best.interval.describe()}; {len(tied)} "
-        f"of {len(compared)} cells within noise of it ({basis}, 95 %)"
-    )
-    stopped_seeds = sum(c.stopped for c in compared)
-    if at_rung or stopped_seeds:
+    stopped = [c for c in scored if c.stopped_early]
+    compared = [c for c in scored if not c.stopped_early]
+    if compared:
+        pick = min if scored[0].mode == "min" else max
+        best = pick(compared, key=lambda c: c.interval.mean)
+        tied = [c for c in compared if c.within_best]
+        lowest = f" (lowest {metric})" if best.mode == "min" else ""
         lines.append(
-            f"{panel}: stopped early by the trial scheduler: every seed of {len(at_rung)} "
-            f"cell(s) (values at their last rung, not compared with the best), and "
-            f"{stopped_seeds} seed(s) of the other cells (left out of their means)"
+            f"{panel}: best cell{lowest} {_name(best)} {best.interval.describe()}; "
+            f"{len(tied)} of {len(compared)} cells within noise of it ({basis}, 95 %)"
+        )
+    else:
+        lines.append(f"{panel}: no cell ran every seed to the end; none is called the best")
+    if stopped:
+        lines.append(
+            f"{panel}: the trial scheduler stopped {sum(c.stopped for c in stopped)} seed(s) "
+            f"of {len(stopped)} cell(s) early: their values mix last-rung scores with "
+            f"full-budget ones, so they are marked and neither compared with the best nor "
+            f"counted below"
         )
     verdicts = [c.verdict for c in compared]
     if UNTRAINED in controls and any(verdicts):
@@ -263,8 +264,7 @@ def cell_rows(cells: Mapping[str, Cell], panels: Sequence[str]) -> list[dict[str
                 "p_vs_untrained_control": _number(cell.vs_control.p_value)
                 if cell.vs_control
                 else "",
-                "stopped_early": cell.stopped,
-                "at_last_rung": cell.at_rung if cell.role == CELL else "",
+                "seeds_stopped_early": cell.stopped,
                 "failed": cell.failed,
                 "per_seed": " ".join(
                     f"{seed}:{value:.6f}" for seed, value in sorted(cell.scores.by_seed.items())

@@ -56,7 +56,7 @@ class AugmentationMatrix:
     # score, above it for a loss)
     worse_than_control: np.ndarray | None = None
     controls: dict[str, Cell] = field(default_factory=dict)
-    # (n, n) bool: every seed ended early by the trial scheduler; the value is at a rung
+    # (n, n) bool: a seed was ended early by the trial scheduler; the value mixes budgets
     stopped_early: np.ndarray | None = None
     mode: str = "max"  # "min": the lowest value is the best
 
@@ -105,7 +105,7 @@ def augmentation_matrix(
             continue
         i, j = index[record.first], index[record.second]
         cell = cells[record.cell_id]
-        stopped[i, j] = cell.at_rung  # its value is at the scheduler's last rung
+        stopped[i, j] = cell.stopped_early  # a seed ended at a rung: the value mixes budgets
         status[i, j] = FINISHED if cell.finished else record.status
         if cell.finished:
             block[i, j] = cell.interval.mean

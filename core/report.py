@@ -244,8 +244,8 @@ def write_report(
             f"marks: {BEST_MARK} within noise of the best cell, {WORSE_MARK} {side} the "
             f"untrained control beyond noise"
         )
-        if any(cell.at_rung for cell in cells.values()):
-            marks += f", {STOPPED_MARK} stopped early by the trial scheduler (value at its last rung)"
+        if any(cell.stopped_early for cell in cells.values()):
+            marks += f", {STOPPED_MARK} a seed stopped early by the trial scheduler (not compared)"
         parts.append(marks)
     markdown = trials_markdown(records)
     (out_dir / "trials.md").write_text(markdown)
@@ -268,10 +268,10 @@ def write_report(
 
 def _verdicts(cells: Mapping[str, Cell], metric: str, mode: str = "max") -> str:
     """How many cells sit above, below or within noise of their untrained control, and
-    which are worse than it (below it for a score, above it for a loss). Cells stopped
-    early at every seed are counted apart: their values are at a lower budget."""
-    scored = [c for c in cells.values() if c.role == "cell" and c.verdict and not c.at_rung]
-    at_rung = sum(c.role == "cell" and c.at_rung for c in cells.values())
+    which are worse than it (below it for a score, above it for a loss). Cells with a seed
+    stopped early are counted apart: their values mix budgets."""
+    scored = [c for c in cells.values() if c.role == "cell" and c.verdict and not c.stopped_early]
+    stopped = sum(c.role == "cell" and c.stopped_early for c in cells.values())
     if not scored:
         return f"no cell could be compared with an untrained control on {metric}"
     verdicts = [c.verdict for c in scored]
@@ -285,8 +285,8 @@ def _verdicts(cells: Mapping[str, Cell], metric: str, mode: str = "max") -> str:
         side = "above" if mode == "min" else "below"
         line += f"\nworse than the untrained control ({side} it): {', '.join(worse[:12])}"
         line += " ..." if len(worse) > 12 else ""
-    if at_rung:
-        line += f"\n{at_rung} cell(s) stopped early at every seed, not counted"
+    if stopped:
+        line += f"\n{stopped} cell(s) with a seed stopped early, not counted"
     return line
 
 

@@ -42,32 +42,21 @@ _WALL_METRIC = "__wall__"  # the wall-time column's "metric": the record's wall_
 class TableCell:
     """The values that fall in one table cell (over seeds and aggregated axes)."""
 
-    values: list[float] = field(default_factory=list)  # those the cell is scored on
+    values: list[float] = field(default_factory=list)
     correct: np.ndarray | None = None  # per-clip correctness when there is one value
-    # Values of trials the scheduler (ASHA) stopped before their last epoch: a lower
-    # budget, so they stand in only while no trial of the cell has run to the end.
-    rung_values: list[float] = field(default_factory=list)
-
-    @property
-    def stopped_early(self) -> bool:
-        """Every value is at a rung: the cell shows them, marked."""
-        return not self.values and bool(self.rung_values)
-
-    @property
-    def scored(self) -> list[float]:
-        return self.values or self.rung_values
+    stopped_early: bool = False
 
     @property
     def interval(self) -> Interval | None:
-        if not self.scored:
+        if not self.values:
             return None
-        if len(self.scored) == 1 and self.correct is not None:
+        if len(self.values) == 1 and self.correct is not None:
             return bootstrap_interval(self.correct)
-        return t_interval(self.scored)
+        return t_interval(self.values)
 
     @property
     def mean(self) -> float:
-        return float(np.mean(self.scored)) if self.scored else math.nan
+        return float(np.mean(self.values)) if self.values else math.nan
 
 
 @dataclass
@@ -119,14 +108,9 @@ def _add_value(cell: TableCell, record: TrialRecord, name: str, metric: str) -> 
     value = record.wall_seconds if name == _WALL_METRIC else record.metrics.get(name)
     if value is None or math.isnan(float(value)):
         return
-    if record.stopped_early:
-        cell.rung_values.append(float(value))
-        if not cell.values:
-            single = len(cell.rung_values) == 1 and name == metric
-            cell.correct = record.correct if single else None
-        return
     cell.values.append(float(value))
     cell.correct = record.correct if len(cell.values) == 1 and name == metric else None
+    cell.stopped_early = cell.stopped_early or record.stopped_early
 
 
 class _TableBuilder:

@@ -151,8 +151,8 @@ def write_table_csv(table: Table, path: Path) -> Path:
                         ""
                         if interval is None or math.isnan(interval.high)
                         else f"{interval.high:.6f}",
-                        len(cell.scored),
-                        " ".join(f"{value:.6f}" for value in cell.scored),
+                        len(cell.values),
+                        " ".join(f"{value:.6f}" for value in cell.values),
                         cell.stopped_early,
                     ]
                 )

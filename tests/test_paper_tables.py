@@ -82,24 +82,6 @@ def test_aggregated_axes_give_a_mean_and_an_interval() -> None:
     assert table.cells[("moco", "macro F1")].mean == pytest.approx(0.225)
 
 
-def test_a_table_cell_scores_its_full_budget_seeds_and_marks_one_stopped_at_every_seed() -> None:
-    """Under ASHA a stopped seed's rung value stays out of a cell that has full-budget
-    seeds; a cell with none shows its rung values, marked (s)."""
-    rows = {"method.name": "simclr"}
-    records = [
-        _record("simclr-0", {**rows, "data.fold": "fold1"}, 0.8),
-        _record("simclr-1", {**rows, "data.fold": "fold1"}, 0.2, stopped_early=True),
-        _record("moco-0", {"method.name": "moco", "data.fold": "fold1"}, 0.3, stopped_early=True),
-    ]
-    (table,) = build_tables(records, rows=["method.name"], columns="data.fold")
-    simclr, moco = table.cells[("simclr", "fold1")], table.cells[("moco", "fold1")]
-    assert simclr.scored == [0.8] and simclr.mean == pytest.approx(0.8)
-    assert not simclr.stopped_early
-    assert moco.stopped_early and moco.mean == pytest.approx(0.3)
-    markdown = table_markdown(table)
-    assert "30.0 (s)" in markdown and "80.0 (s)" not in markdown
-
-
 def test_a_control_without_the_column_axis_sits_in_every_column() -> None:
     records = [
         _record("simclr-1", {"method.name": "simclr", "data.label_fraction": "1"}, 0.8),
