@@ -7,7 +7,7 @@ never stops a cell the full grid finds best or within noise of it. This replays 
 order, controls and last epochs exempt (core/sweep/halving.py). ``--asha`` adds a real run.
 Wall time: the union of the trials' busy spans (not interruptions). Last line: one JSON.
 
-    python bench/asha.py results/<full run> [--asha results/<asha run>] [--slots 2]
+    python bench/asha.py results/<full run> [--asha results/<asha run>] [--slots 2] [--settings]
 """
 
 import argparse
@@ -180,11 +180,18 @@ def load_plan(run_dir: Path) -> Plan:
     return plan
 
 
-def replay(plan: Plan, *, slots: int, rf: float, halving: bool = True) -> dict[str, Outcome]:
+def replay(
+    plan: Plan, *, slots: int, rf: float, halving: bool = True, grace: int | None = None
+) -> dict[str, Outcome]:
     """The plan's trials on their measured epoch seconds, ``slots`` at a time in plan order;
-    ASHA judges each scored result in time order but the controls' and last epochs'."""
+    ASHA judges each scored result in time order but the controls' and last epochs'.
+    ``grace``: the first rung (a multiple of the run's ``eval_every``, which it defaults
+    to), as a sweep at ``train.eval_every=grace`` would have it."""
     trials, sign = plan.trials, -1.0 if plan.mode == "min" else 1.0
-    bracket = Bracket(plan.eval_every, plan.epochs, rf) if halving else None
+    grace = grace or plan.eval_every
+    if grace % plan.eval_every:
+        raise SystemExit(f"grace {grace}: the run scored every {plan.eval_every} epochs only")
+    bracket = Bracket(grace, plan.epochs, rf) if halving else None
     events = [(0.0, i, 0) for i in range(min(slots, len(trials)))]  # (time, trial, epoch done)
     pending, outcomes = deque(range(len(events), len(trials))), {}
     while events:
@@ -225,6 +232,34 @@ def check_full(plan: Plan, run_dir: Path) -> None:
         raise SystemExit(f"{run_dir} is not a FULL run (fifo, every trial at its budget): {why}")
 
 
+def settings(plan: Plan, best: list[str], slots: int) -> list[dict[str, Any]]:
+    """Every ASHA setting the run can replay: first rung at each evaluation epoch before
+    the last, reduction factor 2, 3 or 4. Printed, and returned for the JSON line, with
+    whether each keeps every best cell (every seed of it) to the end."""
+    rows = []
+    for grace in range(plan.eval_every, plan.epochs, plan.eval_every):
+        for rf in (2, 3, 4):
+            outcomes = replay(plan, slots=slots, rf=rf, grace=grace)
+            short = {t: o.stopped for t, o in outcomes.items() if o.stopped}
+            _, cut = plan.verdict(best, short)
+            rungs = [int(m) for m, _ in reversed(Bracket(grace, plan.epochs, rf).rungs)]
+            wall = max(o.time for o in outcomes.values()) / 60
+            rows.append(
+                {"grace": grace, "rf": rf, "rungs": [m for m in rungs if m < plan.epochs]}
+                | {"wall_min": round(wall, 2), "stopped": len(short), "best_cells_kept": not cut}
+                | {"best_cells_stopped": cut}
+            )
+    print("grace  rf  rungs       wall (min)  trials stopped  best cells kept")
+    for row in rows:
+        rungs = ",".join(map(str, row["rungs"])) or "none"
+        kept = "yes" if row["best_cells_kept"] else f"no ({len(row['best_cells_stopped'])} seeds)"
+        print(
+            f"{row['grace']:>5}  {row['rf']:>2}  {rungs:<10}  {row['wall_min']:>10.1f}  "
+            f"{row['stopped']:>14}  {kept}"
+        )
+    return rows
+
+
 def table(plan: Plan, best: list[str], columns: dict[str, tuple[Plan, dict[str, str]]]) -> None:
     """One row per cell: best or not, then per run 'kept' or its seeds that fell short."""
     rows = [["cell", "best", *columns]]
@@ -251,7 +286,9 @@ def compare_asha(asha: Plan, outcomes: dict[str, Outcome], best: list[str]) -> d
     return figures | kept_all | {"decisions_compared": len(decided)}
 
 
-def summary(full_dir: Path, asha_dir: Path | None, slots: int, rf: float) -> dict[str, Any]:
+def summary(
+    full_dir: Path, asha_dir: Path | None, slots: int, rf: float, every_setting: bool = False
+) -> dict[str, Any]:
     """Print the comparison and return the headline figures."""
     plan = load_plan(full_dir)
     check_full(plan, full_dir)
@@ -278,6 +315,13 @@ def summary(full_dir: Path, asha_dir: Path | None, slots: int, rf: float) -> dic
         figures["asha_speedup"] = round(full_wall / asha.wall(), 3)
         columns["asha run"] = (asha, asha.shortfalls())
     table(plan, best, columns)
+    if every_setting:
+        print()
+        figures["settings"] = settings(plan, best, slots)
+        honest = [r for r in figures["settings"] if r["best_cells_kept"]]
+        fastest = min(honest, key=lambda r: r["wall_min"]) if honest else None
+        figures["fastest_honest_setting"] = fastest and {k: fastest[k] for k in ("grace", "rf")}
+        figures["fastest_honest_wall_min"] = fastest and fastest["wall_min"]
     for key in [k for k in ("replay", "asha") if f"best_cells_kept_by_{k}" in figures]:
         print(f"best cells all kept by the {key}: {figures[f'best_cells_kept_by_{key}']}")
         print("".join(f"  {x}\n" for x in figures[f"best_cells_stopped_by_{key}"]), end="")
@@ -290,8 +334,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--asha", type=Path, help="results/<run>: the same grid under ASHA")
     parser.add_argument("--reduction-factor", type=float, default=2.0)
     parser.add_argument("--slots", type=int, default=2, help="trials at a time (2: a laptop)")
+    parser.add_argument(
+        "--settings",
+        action="store_true",
+        help="also replay every first rung and reduction factor (2, 3, 4) the run allows",
+    )
     args = parser.parse_args(argv)
-    print(json.dumps(summary(args.full_run, args.asha, args.slots, args.reduction_factor)))
+    figures = summary(args.full_run, args.asha, args.slots, args.reduction_factor, args.settings)
+    print(json.dumps(figures))
     return 0
 
 

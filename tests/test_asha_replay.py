@@ -295,3 +295,29 @@ def test_a_run_that_is_not_full_is_refused_with_its_reasons(tmp_path: Path) -> N
     assert "sweep.json says" not in str(refused.value)
     assert "1 trial(s) interrupted: g-D-seed1 (3/4)" in str(refused.value)
     assert "1 trial(s) not run: g-supervised-seed0 (0/4)" in str(refused.value)
+
+
+def test_every_setting_the_run_allows_is_replayed_with_its_verdict(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``--settings``: first rungs 5, 10, 15 (the run scored every 5 of 20 epochs) at
+    reduction factors 2, 3, 4; each stops trials only at its own rungs, and its verdict is
+    the replay's own. A first rung the run has no scores for is refused."""
+    plan = random_plan(random.Random(3))
+    best = ["c0", "c1"]
+    rows = asha.settings(plan, best, slots=2)
+    assert [(r["grace"], r["rf"]) for r in rows] == list(itertools.product((5, 10, 15), (2, 3, 4)))
+    by = {(r["grace"], r["rf"]): r for r in rows}
+    assert by[(5, 2)]["rungs"] == [5, 10] and by[(5, 3)]["rungs"] == [5, 15]
+    assert by[(5, 4)]["rungs"] == [5] and by[(10, 2)]["rungs"] == [10]
+    fifo = max(o.time for o in asha.replay(plan, slots=2, rf=2, halving=False).values())
+    for (grace, rf), row in by.items():
+        outcomes = asha.replay(plan, slots=2, rf=rf, grace=grace)
+        assert {o.epoch for o in outcomes.values() if o.stopped} <= set(row["rungs"])
+        assert row["stopped"] == sum(o.stopped is not None for o in outcomes.values())
+        _, cut = plan.verdict(best, {t: o.stopped for t, o in outcomes.items() if o.stopped})
+        assert row["best_cells_kept"] == (not cut)
+        assert row["wall_min"] <= round(fifo / 60, 2)
+    assert "grace  rf  rungs" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="scored every 5 epochs only"):
+        asha.replay(plan, slots=2, rf=2, grace=7)
