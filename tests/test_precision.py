@@ -115,9 +115,41 @@ def test_the_dry_run_says_what_precision_each_trial_gets_and_costs_it_so(
     does = "does" if native else "does not do"
     assert f"which {does} bf16 natively" in out
     assert f"12 trial(s) {precision}, channels_last" in out  # 4 cells x 3 seeds
-    hours = float(out.split("estimated training cost: ")[1].split()[0])
+    hours = float(out.split("(training ")[1].split(",")[0])
     from core.sweep.dryrun import MEASURED_CLIPS_PER_S
 
     rate = MEASURED_CLIPS_PER_S[("cpu", "2d", precision)]
     # 4 trials x 3 seeds x 20 epochs x 42 steps x 64 clips, one core each
-    assert hours == pytest.approx(12 * 20 * 42 * 64 / rate / 3600, abs=0.06)
+    assert hours == pytest.approx(12 * 20 * 42 * 64 / rate / 3600, abs=0.006)
+
+
+def test_the_dry_run_prices_evaluations_and_the_vocoder_and_gives_the_wall_time(
+    fsdd_root, capsys
+):
+    """PS and TST cost a CPU trial its phase vocoder on both views, once per code in the
+    pipeline; every trial pays its evaluations (a control only its one); the wall time is
+    the core-hours over the trials this machine runs at a time."""
+    from core.data import get_spec
+    from core.sweep.dryrun import EVAL_SECONDS_PER_CLIP, VOCODER_SECONDS_PER_SAMPLE
+    from tests.test_ablation_scripts import _dry_run_output
+
+    argv = ("--preset", "laptop", "--frontends", "stft3", "--augs", "PS", "FD")
+    _, out = _dry_run_output("run_aug_matrix", capsys, "--num-cpus", "2", *argv)
+    line = next(x for x in out.splitlines() if x.startswith("estimated cost: "))
+    figures = dict(
+        (name.strip(), float(value))
+        for name, value in (
+            part.rsplit(" ", 1) for part in line.split("(")[1].split(")")[0].split(", ")
+        )
+    )
+    total = float(line.split()[2])
+    assert total == pytest.approx(sum(figures.values()), abs=0.02)
+    # PS, PS>FD and FD>PS at 3 seeds: one vocoder pass a view, 20 epochs x 42 x 64 clips
+    samples = 9 * 20 * 42 * 64 * 2 * get_spec("fsdd").clip_seconds * 8000
+    vocoder = samples * VOCODER_SECONDS_PER_SAMPLE / 3600
+    assert figures["PS/TST vocoder"] == pytest.approx(vocoder, abs=0.006)
+    # 12 cells and 3 supervised at 4 evaluations, 3 untrained controls at 1; 3,000 clips
+    evaluations = (15 * 4 + 3) * 3000 * EVAL_SECONDS_PER_CLIP / 3600
+    assert figures["evaluation"] == pytest.approx(evaluations, abs=0.006)
+    wall = float(line.split("about ")[1].split(" h of wall time at 2 trial(s)")[0])
+    assert wall == pytest.approx(total / 2, abs=0.06)

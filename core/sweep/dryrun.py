@@ -96,20 +96,35 @@ def trial_table(
 # Training clips per second per worker (both views of each clip through the encoder), by
 # device, encoder kind and the precision the trial trains in on this CPU (train.amp=auto:
 # bf16 where the CPU does bf16 natively, core.train.precision). CPU: one core of a 2-core
-# laptop, two trials at a time, ResNet18 width 16 on FSDD at 8 kHz, batch 64
-# (bench/fidelity.py: 10.1 s per 2,688-clip epoch for stft3 in fp32, 7.65 s in bf16 and
-# channels-last; raw1d in fp32 from bench/train.py's 1D/2D ratio, in bf16 that times the
-# 1.88x its laptop step gained at one thread, 25.0 -> 47.2 clips/s). Wider encoders and
-# longer clips are slower.
+# laptop, two trials at a time, ResNet18 width 16 on FSDD at 8 kHz, batch 64. stft3 in
+# bf16 and channels-last: the laptop matrix's full run, median plain epoch 8.9 s per
+# 2,688 clips over its 27 cells without PS or TST (bench/fidelity.py's FD+TM alone: 7.65
+# s); in fp32, bench/fidelity.py's 10.1 s. raw1d in fp32 from bench/train.py's 1D/2D
+# ratio, in bf16 that times the 1.88x its laptop step gained at one thread, 25.0 -> 47.2
+# clips/s. Wider encoders and longer clips are slower.
 # GPU: not measured on this project's machines (bench/gpu.py measures yours); 1,000 is a
 # placeholder of the right order for a width-64 ResNet18 with AMP, shown as an assumption.
 MEASURED_CLIPS_PER_S = {
     ("cpu", "2d", "fp32"): 266.0,
-    ("cpu", "2d", "bf16"): 351.0,
+    ("cpu", "2d", "bf16"): 302.0,
     ("cpu", "1d", "fp32"): 33.0,
     ("cpu", "1d", "bf16"): 62.0,
 }
 ASSUMED_GPU_CLIPS_PER_S = 1000.0
+# What a CPU trial spends beside its training steps, measured in the laptop matrix's full
+# run (run_aug_matrix.py --preset laptop --frontends stft3, fifo; one core a trial, bf16):
+# an evaluation epoch took 3.2 s longer than a plain one for FSDD's 300 test, 2,700
+# training clips (1.06 ms a clip: features of every clip, then the head), and a cell with
+# PS or TST in its views 2.6 s longer per 2,688-clip epoch for each (two views of 1 s at
+# 8 kHz: 61 ns a sample through the phase vocoder, which runs in fp32, core.vocoder).
+EVAL_SECONDS_PER_CLIP = 1.06e-3
+VOCODER_SECONDS_PER_SAMPLE = 61e-9
+VOCODER_CODES = frozenset({"PS", "TST", "TST0.8", "TST1.2", "PS+2", "PS-2", "TSTQ", "PSQ"})
+
+
+def _evaluations(epochs: int, eval_every: int) -> int:
+    """Evaluation epochs of a trial: every ``eval_every`` and the last (core.train.loop)."""
+    return epochs // eval_every + (epochs % eval_every > 0)
 
 
 def cost_estimate(
@@ -118,21 +133,31 @@ def cost_estimate(
     resources: Resources,
     clips_per_s: float | None = None,
 ) -> str:
-    """Device-hours of the whole sweep: epochs x training clips (capped by
-    max_steps_per_epoch) / throughput, times the devices each trial holds."""
+    """Device-hours of the whole sweep and its wall time at the sweep's concurrency:
+    training (epochs x training clips, capped by max_steps_per_epoch, / throughput), the
+    evaluations and, on a CPU, the PS/TST phase vocoder, times the devices each trial
+    holds. A GPU's evaluation and vocoder are not measured here and are left out."""
     import torch  # the driver has it loaded by now; kept out of this module's import
 
+    from core.data import get_spec
     from core.train.precision import PRECISION_NAMES, amp_settings, cpu_bf16_native
 
     on_gpu = resources.gpus_per_worker > 0
-    seconds, unknown = 0.0, 0
+    parts = {"training": 0.0, "evaluation": 0.0, "PS/TST vocoder": 0.0}
+    unknown = 0
     for trial in trials:
         cfg, sizes = trial.config, split_sizes.get(trial.trial_id)
         if sizes is None or not sizes.scanned:
             unknown += 1
             continue
-        if not type(cfg.method).trains:
-            continue  # a control: one pass of evaluation, no training
+        trains = type(cfg.method).trains
+        epochs = cfg.train.epochs if trains else 1  # a control: one evaluation, no training
+        if not on_gpu:
+            clips = sizes.labelled + sizes.val + sizes.test
+            evaluations = _evaluations(epochs, cfg.train.eval_every)
+            parts["evaluation"] += evaluations * clips * EVAL_SECONDS_PER_CLIP
+        if not trains:
+            continue
         steps = sizes.train // cfg.train.batch_size
         if cfg.train.max_steps_per_epoch:
             steps = min(steps, cfg.train.max_steps_per_epoch)
@@ -141,11 +166,18 @@ def cost_estimate(
         rate = clips_per_s or (
             ASSUMED_GPU_CLIPS_PER_S if on_gpu else MEASURED_CLIPS_PER_S[("cpu", kind, precision)]
         )
-        seconds += cfg.train.epochs * steps * cfg.train.batch_size / (rate * cfg.train.num_workers)
+        clips = epochs * steps * cfg.train.batch_size / cfg.train.num_workers
+        parts["training"] += clips / rate
+        vocoders = sum(code in VOCODER_CODES for code in cfg.augment.pipeline)
+        if vocoders and not on_gpu:
+            seconds = cfg.data.clip_seconds or get_spec(cfg.data.dataset).clip_seconds
+            samples = clips * 2 * seconds * cfg.data.sample_rate  # two views a clip
+            parts["PS/TST vocoder"] += vocoders * samples * VOCODER_SECONDS_PER_SAMPLE
     devices = resources.workers_per_trial * (
         resources.gpus_per_worker if on_gpu else resources.cpus_per_worker
     )
-    hours = seconds / 3600 * devices
+    hours = {name: seconds / 3600 * devices for name, seconds in parts.items()}
+    total = sum(hours.values())
     unit = "GPU-hours" if on_gpu else "CPU-core-hours"
     if clips_per_s:
         basis = f"at {clips_per_s:g} clips/s per worker (given)"
@@ -157,8 +189,16 @@ def cost_estimate(
             f"precision train.amp gives on this CPU (native bf16: {'yes' if cpu_bf16_native() else 'no'})"
         )
     if unknown == len(trials):
-        return f"estimated training cost: unknown ({unit}): no trial's dataset could be scanned"
-    text = f"estimated training cost: {hours:,.1f} {unit} {basis}; evaluation not included"
+        return f"estimated cost: unknown ({unit}): no trial's dataset could be scanned"
+    shown = ", ".join(
+        f"{name} {value:,.2f}" for name, value in hours.items() if value or name == "training"
+    )
+    text = f"estimated cost: {total:,.2f} {unit} ({shown}) {basis}"
+    if on_gpu:
+        text += "; evaluation not included"
+    concurrent = max(1, min(resources.max_concurrent_trials or len(trials), len(trials)))
+    wall = total / devices / concurrent
+    text += f"; about {wall:,.1f} h of wall time at {concurrent} trial(s) at a time"
     if unknown:
         text += f"; {unknown} trial(s) without a scanned dataset are not counted"
     return text
@@ -233,15 +273,16 @@ def print_grid_dry_run(
         "pipeline; supervised training has one view and no base",
         file=stream,
     )
-    print(cost_estimate(trials, split_sizes, resources, request.throughput), file=stream)
-    print(precision_summary(trials, resources), file=stream)
-    try:
-        resources = replan(resources, None if request.address else here)
-        print(f"resources: {resources.describe()}", file=stream)
+    try:  # the concurrency this machine (or the cluster) gives: the estimate's wall time
+        planned, problem = replan(resources, None if request.address else here), None
     except ResourceError as error:
-        print(f"resources: {resources.describe()}", file=stream)
+        planned, problem = resources, error
+    print(cost_estimate(trials, split_sizes, planned, request.throughput), file=stream)
+    print(precision_summary(trials, resources), file=stream)
+    print(f"resources: {planned.describe()}", file=stream)
+    if problem is not None:
         print(
             f"note: not runnable on this machine ({here['CPU']:g} CPU, {here['GPU']:g} GPU): "
-            f"{error}",
+            f"{problem}",
             file=stream,
         )
